@@ -1,0 +1,4 @@
+"""Plumbing shared by every model folder: data, CLI, run logging, checkpoints, distributed set-up.
+
+No model code lives here (see STYLE.md): each model folder reads alone.
+"""

@@ -1,0 +1,128 @@
+"""One small helper that turns a dataclass config into argparse flags.
+
+Every train.py subclasses `RunConfig` (the core flags, identical in every model folder) and adds its own
+fields; `parse(TrainConfig)` gives `--help`, a flag per field (`batch_size` -> `--batch-size`), and a one-line
+error with exit code 2 for bad values. The help text of a flag is the comment written after its field.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunConfig:
+    """Core flags shared by every train.py."""
+    dataset: str = "shapes"  # shapes | mnist | fashion-mnist | cifar10 | folder:PATH
+    data_root: str = ""  # folder that holds torchvision datasets (e.g. ../shared/datasets for MNIST/)
+    download: bool = False  # allow torchvision to download the dataset into --data-root
+    image_size: int = 32  # images are resized to image_size x image_size
+    batch_size: int = 64  # images per step per process
+    lr: float = 2e-4  # learning rate
+    steps: int = 3000  # training steps (optimizer updates of the main network)
+    minutes: float = 0.0  # wall-clock budget: stop and checkpoint after this many minutes (0 = no limit)
+    seed: int = 0  # seeds weights, noise and data order
+    out: str = "runs/default"  # run folder: config.json, metrics.jsonl, TensorBoard events, samples, checkpoints
+    resume: str = ""  # "auto" = latest checkpoint in --out (fresh start if none), or a checkpoint path
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 autocast where the hardware has fast bf16: CUDA, or CPU AMX)
+    threads: int = 0  # CPU threads per process (0 = torch's default)
+    sample_every: int = 500  # write a sample grid (fixed noise) every N steps
+    ckpt_every: int = 1000  # write a checkpoint every N steps (and always at the end)
+    log_every: int = 10  # write scalars to metrics.jsonl and TensorBoard every N steps
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Raise ValueError (one line) for core values no model can take."""
+    from shared.data import check_dataset_name  # local import: keeps `--help` fast
+
+    check_dataset_name(cfg.dataset)
+    positive = ["image_size", "batch_size", "steps", "sample_every", "ckpt_every", "log_every"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.minutes < 0 or cfg.threads < 0:
+        raise ValueError("--minutes and --threads must be >= 0")
+    for name, allowed in [("device", ("auto", "cpu", "cuda")), ("precision", ("auto", "fp32", "bf16"))]:
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    check_device(cfg.device)
+
+
+def check_device(device: str) -> None:
+    """--device cuda on a machine without a GPU is a usage error, not a crash."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available; use --device cpu or auto")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Map field name -> the comment after it in the class source (used as the flag's help)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M):
+            helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(message)
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with one flag per dataclass field, defaults taken from the dataclass."""
+    parser = OneLineParser(description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
+                                                        "bool": bool}.get(str(f.type), str)
+        help_text = helps.get(f.name, " ")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text, metavar=f.name.upper())
+    return parser
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (the argparse convention)."""
+    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "train.py"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(cls: type[T], argv: list[str] | None = None, check: Callable[[T], None] | None = None,
+          description: str | None = None) -> T:
+    """Parse argv into an instance of the dataclass `cls`; bad values exit with one line, code 2.
+
+    `check(cfg)` is the model's own validation (raise ValueError); core checks run first for RunConfig.
+    """
+    ns = build_parser(cls, description).parse_args(argv)
+    cfg = cls(**vars(ns))
+    try:
+        if isinstance(cfg, RunConfig):
+            check_run_config(cfg)
+        if check is not None:
+            check(cfg)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    return cfg
