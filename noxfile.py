@@ -44,3 +44,13 @@ def make_folder_session(folder: str) -> None:
 
 for _folder in FOLDERS:
     make_folder_session(_folder)
+
+
+@nox.session(venv_backend="none", requires=["env"])
+def leaderboard(session: nox.Session) -> None:
+    """Train + evaluate every model folder on the same data and budget; writes LEADERBOARD.md/.png.
+
+    Not part of the default `nox` run (it takes ~10 minutes per model). Options after `--`, e.g.
+    `nox -s leaderboard -- --minutes 5 --data-root ../shared/datasets` (see shared/leaderboard.py).
+    """
+    session.run(env_python(), "-m", "shared.leaderboard", *session.posargs, external=True)

@@ -20,7 +20,7 @@ Architecture guidelines (DCGAN Sec. 3), all followed here:
   * ReLU in G (Tanh at the output), LeakyReLU(0.2) in D;
   * weights ~ N(0, 0.02), Adam(lr 2e-4, beta1 0.5).
 The network is sized from image_size: one stride-2 layer per doubling from 4x4, channels halving towards the
-image (G) and doubling away from it (D). image_size 64 with width 64 is the paper's LSUN/Imagenet model.
+image (G) and doubling away from it (D). image_size 64 with widths 64 is the paper's LSUN/Imagenet model.
 
 Conventions: images in [-1, 1], shape (B, C, H, W); losses are means over the batch.
 
@@ -28,7 +28,9 @@ Deviations:
   * z ~ N(0, I) instead of the paper's U[-1, 1] (the common choice since; interpolation also assumes it).
   * D returns a logit and the losses use the log-sigmoid form (BCE-with-logits): the same function as
     sigmoid + BCE, numerically stable.
-  * Widths default to 64 at 32x32 (the paper's 64x64 model minus one layer) so a CPU trains it in minutes.
+  * Latent walks use spherical interpolation (slerp) instead of the paper's linear interpolation.
+  * train.py defaults to 32x32 images and widths 32 (the paper's 64x64 model has widths 64 and one more layer:
+    `--image-size 64 --g-width 64 --d-width 64`), so a 2-core CPU trains it in minutes.
 """
 from __future__ import annotations
 

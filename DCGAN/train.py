@@ -30,8 +30,8 @@ class TrainConfig(cli.RunConfig):
     beta1: float = 0.5  # Adam beta1 (paper: 0.5; 0.9 oscillates)
     beta2: float = 0.999  # Adam beta2
     z_dim: int = Config.z_dim  # latent dimension
-    g_width: int = Config.g_width  # G channels before the output layer (paper's ngf)
-    d_width: int = Config.d_width  # D channels after the input layer (paper's ndf)
+    g_width: int = 32  # G channels before the output layer (paper's ngf: 64; 32 trains ~3x faster on CPU)
+    d_width: int = 32  # D channels after the input layer (paper's ndf: 64)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU, see README)
 
 
@@ -81,7 +81,7 @@ def main(cfg: TrainConfig) -> Path:
     start, stopped_early = time.perf_counter(), False
     with checkpoint.StopSignal() as stop:
         while step < cfg.steps:
-            x = to_float(next(batches)[0]).to(device, memory_format=fmt)  # (B, C, H, W) in [-1, 1]
+            x = to_float(next(batches)[0].to(device)).contiguous(memory_format=fmt)  # (B, C, H, W) in [-1, 1]
             z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
 
             # D step: ascend log sigma(D(x)) + log(1 - sigma(D(G(z)))); G(z) is detached (G is not updated).
@@ -107,11 +107,11 @@ def main(cfg: TrainConfig) -> Path:
                        "d_real": torch.sigmoid(real_logits.float()).mean().item(),
                        "d_fake": torch.sigmoid(fake_logits.float()).mean().item()} if write else {}
             log.step(step, metrics, x.shape[0] * env.world_size, write)
-            if step % cfg.sample_every == 0 or step == cfg.steps:
+            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
+            if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
                 G.eval()
                 log.images(step, sample(G, 64, z=fixed_z))
                 G.train()
-            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
             if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
                 save_checkpoint(cfg.out, state(), env, periodic=step % cfg.ckpt_every == 0)
             if stop.requested or out_of_time:

@@ -7,7 +7,7 @@ FactorVAE score can read the ground truth directly):
     factor     levels  meaning
     shape      3       square, circle, triangle (the class label; CLASS_NAMES)
     colour     6       hues 0, 60, ..., 300 deg at full saturation and value (red first)
-    scale      5       circumradius 0.14, 0.17, 0.20, 0.23, 0.26 x image size
+    scale      5       circumradius 0.20, 0.24, 0.28, 0.32, 0.36 x image size
     rotation   8       k/8 of the shape's symmetry period: 11.25 deg steps for the square,
                        15 deg for the triangle; the circle ignores it
     x, y       8 each  centre on a regular grid, inset so that even the largest shape at any
@@ -45,7 +45,7 @@ CLASS_NAMES: tuple[str, ...] = ("square", "circle", "triangle")
 
 BACKGROUND = (24, 24, 32)
 COLOURS = ((255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255), (0, 0, 255), (255, 0, 255))
-SCALES = (0.14, 0.17, 0.20, 0.23, 0.26)  # circumradius / image size
+SCALES = (0.20, 0.24, 0.28, 0.32, 0.36)  # circumradius / image size
 CIRCLE_RADIUS = 0.8  # circle radius / circumradius r: pi (0.8 r)^2 ~= (2 r cos 45)^2
 SIDES = (4, 0, 3)  # polygon sides per shape; 0 = circle
 PHASE = (0.0, 0.0, math.pi / 2)  # first side normal at rotation 0: square axis-aligned, triangle apex up

@@ -1,0 +1,117 @@
+"""Train every model folder with the same CPU budget on the same data, evaluate each the same way, and write
+LEADERBOARD.md (one table) plus LEADERBOARD.png (a chart).
+
+    nox -s leaderboard                                   # shapes, 10 minutes per model
+    nox -s leaderboard -- --minutes 5 --data-root ../shared/datasets   # + MNIST
+    python -m shared.leaderboard --models DCGAN --minutes 2 --num 1000
+
+A model folder takes part as soon as it has train.py and evaluate.py: each is run as a user would run it,
+`python train.py --minutes M --steps <large> --out runs/leaderboard/<dataset>` then
+`python evaluate.py --checkpoint runs/leaderboard/<dataset> --num N`, from inside the folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_FOLDERS = ["DCGAN", "WGAN", "BiGAN", "ConditionalGAN", "CycleGAN", "StyleGAN", "VAE", "BetaVAE", "VQ-VAE",
+                 "MaskedAE", "DDPM", "ScoreBased", "ConditionalDiffusion", "LatentDiffusion", "FlowModels"]
+COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("fid", "FID", "{:.2f}"),
+           ("fid_floor", "FID floor", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+           ("bits_per_dim", "bits/dim", "{:.3f}"), ("mse", "recon. MSE", "{:.4f}"),
+           ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}")]
+
+
+def participating(models: list[str] | None) -> list[str]:
+    """Model folders that exist and have both train.py and evaluate.py."""
+    names = models or MODEL_FOLDERS
+    return [m for m in names if (ROOT / m / "train.py").is_file() and (ROOT / m / "evaluate.py").is_file()]
+
+
+def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int, threads: int) -> dict | None:
+    """Train then evaluate one model; the evaluation record, or None if a step failed (reported)."""
+    folder, out = ROOT / model, f"runs/leaderboard/{dataset}"
+    data_flags = ["--dataset", dataset] + (["--data-root", data_root] if data_root else [])
+    train = [sys.executable, "train.py", *data_flags, "--minutes", str(minutes), "--steps", "100000000",
+             "--out", out, "--threads", str(threads), "--resume", ""]
+    evaluate = [sys.executable, "evaluate.py", "--checkpoint", out, "--num", str(num), "--threads", str(threads)]
+    for cmd in (train, evaluate):
+        print(f"[{model}] {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, cwd=folder).returncode != 0:
+            print(f"[{model}] failed: {' '.join(cmd[1:])}", file=sys.stderr)
+            return None
+    lines = (folder / out / "eval.jsonl").read_text().splitlines()
+    return {**json.loads(lines[-1]), "minutes": minutes}
+
+
+def markdown(records: dict[str, list[dict]], minutes: float, num: int) -> str:
+    """LEADERBOARD.md: one table per dataset, with the protocol stated above it."""
+    text = ["# Leaderboard", "",
+            f"Every model trained for **{minutes:g} minutes** of wall-clock on this machine's CPU with its default "
+            f"flags, then evaluated by `evaluate.py --num {num}` (shared/evaluation.py). FID, precision and "
+            "recall use the dataset's own classifier features (named under each table); the floor is the FID "
+            "between two disjoint real sets of the same size. Written by `nox -s leaderboard`; do not edit.", ""]
+    for dataset, rows in records.items():
+        text += [f"## {dataset}", "", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+                 "|" + "---|" * len(COLUMNS)]
+        for r in rows:
+            cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
+            text.append("| " + " | ".join(cells) + " |")
+        extractors = sorted({r["extractor"] for r in rows})
+        text += ["", f"Features: {'; '.join(extractors)}. Samples per model: {rows[0]['num_samples']}.", ""]
+    text += ["![FID by model](LEADERBOARD.png)", ""]
+    return "\n".join(text)
+
+
+def chart(records: dict[str, list[dict]], path: Path) -> None:
+    """Bar chart of FID per model (with the real-vs-real floor as a line), one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.5), squeeze=False)
+    for ax, (dataset, rows) in zip(axes[0], records.items()):
+        names = [r["model"] for r in rows]
+        ax.bar(names, [r.get("fid", 0) for r in rows], color="tab:blue")
+        floor = rows[0].get("fid_floor")
+        if floor is not None:
+            ax.axhline(floor, color="black", linestyle="--", linewidth=1, label="real-vs-real floor")
+            ax.legend()
+        ax.set_title(f"{dataset}: FID (lower is better)")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per model and dataset")
+    p.add_argument("--num", type=int, default=2000, help="samples per model for the metrics")
+    p.add_argument("--data-root", default="", help="also run MNIST from this folder (holds MNIST/)")
+    p.add_argument("--models", nargs="*", help="subset of model folders (default: all that exist)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    p.add_argument("--out", default=str(ROOT / "LEADERBOARD.md"))
+    args = p.parse_args(argv)
+    datasets = ["shapes"] + (["mnist"] if args.data_root else [])
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
+    records: dict[str, list[dict]] = {}
+    for dataset in datasets:
+        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads)
+                for m in participating(args.models)]
+        records[dataset] = [r for r in rows if r is not None]
+    records = {d: rows for d, rows in records.items() if rows}
+    if not records:
+        sys.exit("no model finished; nothing to write")
+    out = Path(args.out)
+    out.write_text(markdown(records, args.minutes, args.num))
+    chart(records, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

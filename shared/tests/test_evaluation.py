@@ -1,0 +1,71 @@
+"""The evaluation harness and the classifier feature extractor, on tiny shapes data."""
+import json
+
+import pytest
+import torch
+
+from shared import features
+from shared.data import load_dataset, to_float
+from shared.evaluation import Capabilities, evaluate, subset
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    torch.manual_seed(0)
+    train = subset(load_dataset("shapes", image_size=SIZE, split="train"), 3000, seed=0)
+    test = subset(load_dataset("shapes", image_size=SIZE, split="test"), 1000, seed=0)
+    net = features.train_classifier(train, epochs=2, batch_size=64)
+    acc = features.accuracy(net, test)
+    assert acc > 0.8, f"the shape classifier should learn 3 shapes easily, got {acc:.2f}"
+    return features.Extractor(name=f"classifier:shapes (test acc {acc:.2f})", network=net)
+
+
+def test_classifier_is_cached_by_data_hash(tmp_path, monkeypatch):
+    data = subset(load_dataset("shapes", image_size=SIZE), 300, seed=0)
+    calls = []
+    real_train = features.train_classifier
+    monkeypatch.setattr(features, "train_classifier",
+                        lambda d: calls.append(1) or real_train(d, epochs=1, max_images=300))
+    first = features.classifier_extractor(data, data, "shapes", cache_dir=tmp_path, log=lambda s: None)
+    second = features.classifier_extractor(data, data, "shapes", cache_dir=tmp_path, log=lambda s: None)
+    assert calls == [1]  # trained once, then loaded from the cache
+    x = to_float(data.images[:8])
+    assert torch.allclose(first(x)[0], second(x)[0])
+    other = subset(load_dataset("shapes", image_size=SIZE), 300, seed=1)
+    assert features.data_key(other) != features.data_key(data)
+
+
+def test_a_model_that_returns_training_images_scores_like_the_floor(extractor, tmp_path):
+    memo = subset(load_dataset("shapes", image_size=SIZE), 2000, seed=2)  # what evaluate(seed=0) searches
+    perfect = Capabilities(sample=lambda n, g: to_float(memo.images[torch.randperm(len(memo), generator=g)[:n]]),
+                           reconstruct=lambda x: x, encode=lambda x: x.flatten(1))
+    noise = Capabilities(sample=lambda n, g: torch.rand(n, 3, SIZE, SIZE, generator=g) * 2 - 1)
+    kw = dict(dataset="shapes", data_root=None, image_size=SIZE, num=400, extractor=extractor,
+              memorisation_reference=2000, log=lambda s: None)
+    good = evaluate("copycat", "test", perfect, run_dir=tmp_path, **kw)
+    bad = evaluate("noise", "test", noise, run_dir=tmp_path, **kw)
+    assert good["fid"] < 3 * good["fid_floor"] + 1 and bad["fid"] > 10 * good["fid"]
+    assert good["precision"] > 0.8 and good["recall"] > 0.8 and bad["precision"] < 0.1
+    assert good["memorised_fraction"] > 0.9 and bad["memorised_fraction"] == 0  # copies of train are flagged
+    assert good["mse"] == 0 and good["psnr"] == float("inf")
+    assert good["linear_probe"] > 0.5 and "mig" in good and "factor_vae" in good
+    assert "mse" not in bad and "linear_probe" not in bad
+    records = [json.loads(l) for l in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in records] == ["copycat", "noise"]
+    assert records[0]["extractor"].startswith("classifier:shapes")
+
+
+def test_conditional_accuracy_tracks_the_requested_class(extractor):
+    train = load_dataset("shapes", image_size=SIZE)
+    by_class = [train.images[train.labels == c] for c in range(3)]
+
+    def obey(labels, g):
+        return torch.stack([to_float(by_class[int(c)][i]) for i, c in enumerate(labels)])
+
+    def ignore(labels, g):
+        return obey(torch.zeros_like(labels), g)
+    kw = dict(dataset="shapes", data_root=None, image_size=SIZE, num=150, extractor=extractor, log=lambda s: None)
+    assert evaluate("obey", "test", Capabilities(sample_class=obey), **kw)["class_accuracy"] > 0.8
+    assert evaluate("ignore", "test", Capabilities(sample_class=ignore), **kw)["class_accuracy"] < 0.5
