@@ -1,7 +1,7 @@
 """Training throughput of DCGAN on this machine: fp32 vs bf16 autocast, with and without channels_last.
 
-    python benchmark.py                      # 32x32 shapes, batch 64, 2 threads
-    python benchmark.py --image-size 64      # the paper's 64x64 network
+    python benchmark.py                                     # train.py's defaults: 32x32, widths 32, batch 64
+    python benchmark.py --image-size 64 --width 64 --precisions fp32   # the paper's 64x64 network
 
 Runs the real training loop (train.main) for --steps steps per setting and reads images/s from its
 metrics.jsonl (after --warmup steps), then prints the share of this machine's measured matmul peak it reaches.
@@ -20,9 +20,9 @@ from model import Config, Discriminator, Generator, discriminator_loss, generato
 from shared.bench import count_flops, matmul_peak
 
 
-def flops_per_step(image_size: int, channels: int, batch: int) -> int:
+def flops_per_step(image_size: int, channels: int, batch: int, width: int) -> int:
     """FLOPs of one training step (D step + G step), counted on the same networks."""
-    cfg = Config(image_size=image_size, channels=channels)
+    cfg = Config(image_size=image_size, channels=channels, g_width=width, d_width=width)
     G, D = Generator(cfg), Discriminator(cfg)
     x = torch.randn(batch, channels, image_size, image_size)
 
@@ -38,6 +38,7 @@ def measure(args: argparse.Namespace, precision: str, channels_last: bool) -> fl
     with tempfile.TemporaryDirectory() as tmp:
         cfg = train.TrainConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
                                 batch_size=args.batch_size, steps=args.steps, threads=args.threads,
+                                g_width=args.width, d_width=args.width,
                                 precision=precision, channels_last=channels_last, out=tmp, log_every=args.warmup,
                                 sample_every=10 ** 9, ckpt_every=10 ** 9)
         train.main(cfg)
@@ -51,20 +52,22 @@ def main() -> None:
     p.add_argument("--data-root", default="")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--width", type=int, default=train.TrainConfig.g_width, help="G and D widths")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     channels = 1 if args.dataset in ("mnist", "fashion-mnist") else 3
-    flops = flops_per_step(args.image_size, channels, args.batch_size)
+    flops = flops_per_step(args.image_size, channels, args.batch_size, args.width)
     print(f"matmul peak with {args.threads} threads: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s")
-    print(f"DCGAN {args.image_size}x{args.image_size}, batch {args.batch_size}: "
+    print(f"DCGAN {args.image_size}x{args.image_size}, widths {args.width}, batch {args.batch_size}: "
           f"{flops / args.batch_size / 1e9:.3f} GFLOP per training image")
     print(f"{'precision':>9} {'layout':>13} {'images/s':>9} {'TFLOP/s':>8} {'% fp32 peak':>11} {'% bf16 peak':>11}")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         for cl in (False, True):
             ips = measure(args, precision, cl)
             achieved = ips / args.batch_size * flops

@@ -32,14 +32,15 @@ def participating(models: list[str] | None) -> list[str]:
     return [m for m in names if (ROOT / m / "train.py").is_file() and (ROOT / m / "evaluate.py").is_file()]
 
 
-def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int, threads: int) -> dict | None:
+def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int, threads: int,
+              train_first: bool = True) -> dict | None:
     """Train then evaluate one model; the evaluation record, or None if a step failed (reported)."""
     folder, out = ROOT / model, f"runs/leaderboard/{dataset}"
     data_flags = ["--dataset", dataset] + (["--data-root", data_root] if data_root else [])
     train = [sys.executable, "train.py", *data_flags, "--minutes", str(minutes), "--steps", "100000000",
              "--out", out, "--threads", str(threads), "--resume", ""]
     evaluate = [sys.executable, "evaluate.py", "--checkpoint", out, "--num", str(num), "--threads", str(threads)]
-    for cmd in (train, evaluate):
+    for cmd in (train, evaluate) if train_first else (evaluate,):
         print(f"[{model}] {' '.join(cmd[1:])}", flush=True)
         if subprocess.run(cmd, cwd=folder).returncode != 0:
             print(f"[{model}] failed: {' '.join(cmd[1:])}", file=sys.stderr)
@@ -95,13 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", default="", help="also run MNIST from this folder (holds MNIST/)")
     p.add_argument("--models", nargs="*", help="subset of model folders (default: all that exist)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    p.add_argument("--skip-training", action="store_true",
+                   help="re-evaluate the runs a previous leaderboard trained (e.g. after a metric change)")
     p.add_argument("--out", default=str(ROOT / "LEADERBOARD.md"))
     args = p.parse_args(argv)
     datasets = ["shapes"] + (["mnist"] if args.data_root else [])
     data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
     records: dict[str, list[dict]] = {}
     for dataset in datasets:
-        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads)
+        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
                 for m in participating(args.models)]
         records[dataset] = [r for r in rows if r is not None]
     records = {d: rows for d, rows in records.items() if rows}

@@ -9,7 +9,7 @@ from shared import features
 def test_evaluate_writes_a_record_with_gan_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path / "cache"))
     quick = features.train_classifier
-    monkeypatch.setattr(features, "train_classifier", lambda d: quick(d, epochs=1, max_images=600))
+    monkeypatch.setattr(features, "train_classifier", lambda d: quick(d, steps=20))
     run = train.main(train.TrainConfig(image_size=16, batch_size=8, z_dim=8, g_width=8, d_width=8, threads=1,
                                        precision="fp32", steps=2, out=str(tmp_path / "run")))
     record = evaluate.main(evaluate.EvalConfig(checkpoint=str(run), num=60))

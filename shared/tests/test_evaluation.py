@@ -16,7 +16,7 @@ def extractor(tmp_path_factory):
     torch.manual_seed(0)
     train = subset(load_dataset("shapes", image_size=SIZE, split="train"), 3000, seed=0)
     test = subset(load_dataset("shapes", image_size=SIZE, split="test"), 1000, seed=0)
-    net = features.train_classifier(train, epochs=2, batch_size=64)
+    net = features.train_classifier(train, steps=150, batch_size=64)
     acc = features.accuracy(net, test)
     assert acc > 0.8, f"the shape classifier should learn 3 shapes easily, got {acc:.2f}"
     return features.Extractor(name=f"classifier:shapes (test acc {acc:.2f})", network=net)
@@ -27,7 +27,7 @@ def test_classifier_is_cached_by_data_hash(tmp_path, monkeypatch):
     calls = []
     real_train = features.train_classifier
     monkeypatch.setattr(features, "train_classifier",
-                        lambda d: calls.append(1) or real_train(d, epochs=1, max_images=300))
+                        lambda d: calls.append(1) or real_train(d, steps=10))
     first = features.classifier_extractor(data, data, "shapes", cache_dir=tmp_path, log=lambda s: None)
     second = features.classifier_extractor(data, data, "shapes", cache_dir=tmp_path, log=lambda s: None)
     assert calls == [1]  # trained once, then loaded from the cache
