@@ -1,6 +1,6 @@
 """Train DCGAN.  `python train.py --help` lists every flag.
 
-    python train.py                                                # shapes, 32x32, ~5 minutes on 2 CPU cores
+    python train.py                                                # shapes, 32x32, 3000 steps, ~5-7 minutes on 2 CPU cores
     python train.py --dataset mnist --data-root ../shared/datasets # MNIST digits
     python train.py --image-size 64 --steps 20000                  # the paper's 64x64 network
     torchrun --nproc_per_node=2 train.py                           # data-parallel (one process per core / GPU)

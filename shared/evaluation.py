@@ -134,6 +134,8 @@ def evaluate(model: str, family: str, caps: Capabilities, *, dataset: str, data_
     torch.manual_seed(seed)
     train = load_dataset(dataset, data_root, image_size, "train", seed=0)
     test = load_dataset(dataset, data_root, image_size, "test", seed=0)
+    if extractor is None and (dataset == "cifar10" or dataset.startswith("folder:")):
+        log("no --inception-weights given: FID etc. use the dataset's classifier features, not Inception-v3")
     extractor = extractor or classifier_extractor(train, test, dataset, log=log)
     ref, held = subset(train, num, seed), subset(test, num, seed + 1)
     gen = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FOLDERS = ["DCGAN", "WGAN", "BiGAN", "ConditionalGAN", "CycleGAN", "StyleGAN", "VAE", "BetaVAE", "VQ-VAE",
                  "MaskedAE", "DDPM", "ScoreBased", "ConditionalDiffusion", "LatentDiffusion", "FlowModels"]
-COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("fid", "FID", "{:.2f}"),
+COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("dataset", "dataset", "{}"), ("fid", "FID", "{:.2f}"),
            ("fid_floor", "FID floor", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("bits_per_dim", "bits/dim", "{:.3f}"), ("mse", "recon. MSE", "{:.4f}"),
            ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}")]
@@ -50,21 +50,19 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
 
 
 def markdown(records: dict[str, list[dict]], minutes: float, num: int) -> str:
-    """LEADERBOARD.md: one table per dataset, with the protocol stated above it."""
+    """LEADERBOARD.md: one table (a row per model and dataset), the protocol stated above it."""
     text = ["# Leaderboard", "",
             f"Every model trained for **{minutes:g} minutes** of wall-clock on this machine's CPU with its default "
             f"flags, then evaluated by `evaluate.py --num {num}` (shared/evaluation.py). FID, precision and "
-            "recall use the dataset's own classifier features (named under each table); the floor is the FID "
-            "between two disjoint real sets of the same size. Written by `nox -s leaderboard`; do not edit.", ""]
-    for dataset, rows in records.items():
-        text += [f"## {dataset}", "", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-                 "|" + "---|" * len(COLUMNS)]
-        for r in rows:
-            cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
-            text.append("| " + " | ".join(cells) + " |")
-        extractors = sorted({r["extractor"] for r in rows})
-        text += ["", f"Features: {'; '.join(extractors)}. Samples per model: {rows[0]['num_samples']}.", ""]
-    text += ["![FID by model](LEADERBOARD.png)", ""]
+            "recall use the dataset's own classifier features (listed below the table); the floor is the FID "
+            "between two disjoint real sets of the same size. Written by `nox -s leaderboard`; do not edit.", "",
+            "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = [r for dataset_rows in records.values() for r in dataset_rows]
+    for r in rows:
+        text.append("| " + " | ".join(fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS) + " |")
+    extractors = sorted({f"{r['dataset']}: {r['extractor']}" for r in rows})
+    text += ["", f"Features: {'; '.join(extractors)}. Samples per model: {rows[0]['num_samples']}.", "",
+             "![FID by model](LEADERBOARD.png)", ""]
     return "\n".join(text)
 
 

@@ -69,3 +69,17 @@ def test_conditional_accuracy_tracks_the_requested_class(extractor):
     kw = dict(dataset="shapes", data_root=None, image_size=SIZE, num=150, extractor=extractor, log=lambda s: None)
     assert evaluate("obey", "test", Capabilities(sample_class=obey), **kw)["class_accuracy"] > 0.8
     assert evaluate("ignore", "test", Capabilities(sample_class=ignore), **kw)["class_accuracy"] < 0.5
+
+
+def test_inception_extractor_loads_local_weights_and_never_downloads(tmp_path):
+    from torchvision.models import inception_v3
+
+    with pytest.raises(features.DataError, match="--inception-weights"):
+        features.inception_extractor(tmp_path / "missing.pth")
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    ex = features.inception_extractor(weights)
+    feats, probs = ex(torch.rand(2, 1, 16, 16) * 2 - 1)  # grayscale, small: resized to 299, 3 channels
+    assert feats.shape == (2, 2048) and probs.shape == (2, 1000)
+    assert torch.allclose(probs.sum(1), torch.ones(2, dtype=probs.dtype)) and ex.name.startswith("inception-v3")
