@@ -34,8 +34,7 @@ class EvalConfig:
 def main(cfg: EvalConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = checkpoint.load(cfg.checkpoint, model="DCGAN")
-    G = load_generator(cfg.checkpoint, torch.device("cpu"))
+    G, state = load_generator(cfg.checkpoint, torch.device("cpu"))
     train_cfg, run = state["config"], run_dir_of(cfg.checkpoint)
     caps = Capabilities(sample=lambda n, gen: sample(G, n, rng=gen))
     return evaluate("DCGAN", "GAN", caps, dataset=train_cfg["dataset"],

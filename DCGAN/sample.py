@@ -30,12 +30,12 @@ class SampleConfig:
     threads: int = 0  # CPU threads (0 = torch's default)
 
 
-def load_generator(path: str, device: torch.device) -> Generator:
-    """Rebuild G from the config saved in the checkpoint and load its weights (eval mode)."""
+def load_generator(path: str, device: torch.device) -> tuple[Generator, dict]:
+    """G rebuilt from the config saved in the checkpoint, with its weights (eval mode), and the checkpoint."""
     state = checkpoint.load(path, model="DCGAN", map_location=device)
     G = Generator(Config(**state["model_config"])).to(device)
     G.load_state_dict(state["G"])
-    return G.eval()
+    return G.eval(), state
 
 
 def main(cfg: SampleConfig) -> Path:
@@ -43,7 +43,7 @@ def main(cfg: SampleConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    G = load_generator(cfg.checkpoint, device)
+    G, _ = load_generator(cfg.checkpoint, device)
     rng = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
