@@ -27,7 +27,7 @@ class EvalConfig:
     num: int = 2000  # samples (and real images per reference set)
     data_root: str = ""  # where the dataset lives (default: the one the run trained with)
     seed: int = 0  # seeds the samples and the real subsets
-    inception_weights: str = ""  # local torchvision Inception-v3 weights: adds nothing, replaces the extractor
+    inception_weights: str = ""  # local Inception-v3 weights (torchvision or pytorch-fid file) instead of the classifier
     threads: int = 0  # CPU threads (0 = torch's default)
 
 

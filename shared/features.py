@@ -148,15 +148,24 @@ def classifier_extractor(train: ImageData, test: ImageData, dataset: str, cache_
 
 
 class InceptionFeatures(nn.Module):
-    """torchvision Inception-v3 from LOCAL weights: 2048-d pool features and 1000-way ImageNet probabilities."""
+    """Inception-v3 from LOCAL weights: 2048-d pool features and ImageNet class probabilities.
+
+    Takes torchvision's inception_v3 state dict (1000 classes) or pytorch-fid's ported TF weights
+    (pt_inception-2015-12-05-*.pth, 1008 classes; same parameter names). With the latter the parameters are
+    those of TF-FID, but the blocks keep torchvision's pooling, so figures are close to, not identical with,
+    TF-FID numbers (this is stated in the extractor's name).
+    """
 
     def __init__(self, weights_path: str | Path) -> None:
         super().__init__()
         from torchvision.models import inception_v3
 
-        self.net = inception_v3(weights=None, aux_logits=True, init_weights=False)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        state = state.get("state_dict", state)
+        self.num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
+        aux = any(k.startswith("AuxLogits.") for k in state)
+        self.net = inception_v3(weights=None, aux_logits=aux, init_weights=False, num_classes=self.num_classes)
+        self.net.load_state_dict(state)
         self.net.eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
@@ -182,5 +191,10 @@ def inception_extractor(weights_path: str | Path) -> Extractor:
     path = Path(weights_path)
     if not path.is_file():
         raise DataError(f"Inception weights not found at {path}: pass --inception-weights PATH to a local "
-                        f"torchvision inception_v3 state dict (nothing is downloaded)")
-    return Extractor(name=f"inception-v3 ({path.name})", network=InceptionFeatures(path))
+                        f"torchvision inception_v3 or pytorch-fid state dict (nothing is downloaded)")
+    try:
+        net = InceptionFeatures(path)
+    except Exception as e:  # not a state dict, or not Inception-v3's
+        raise DataError(f"{path} is not an Inception-v3 state dict ({str(e).splitlines()[0][:120]})") from None
+    kind = "pytorch-fid weights, torchvision pooling" if net.num_classes == 1008 else "torchvision weights"
+    return Extractor(name=f"inception-v3 ({path.name}; {kind})", network=net)

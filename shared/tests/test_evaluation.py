@@ -82,4 +82,14 @@ def test_inception_extractor_loads_local_weights_and_never_downloads(tmp_path):
     ex = features.inception_extractor(weights)
     feats, probs = ex(torch.rand(2, 1, 16, 16) * 2 - 1)  # grayscale, small: resized to 299, 3 channels
     assert feats.shape == (2, 2048) and probs.shape == (2, 1000)
-    assert torch.allclose(probs.sum(1), torch.ones(2, dtype=probs.dtype)) and ex.name.startswith("inception-v3")
+    assert torch.allclose(probs.sum(1), torch.ones(2, dtype=probs.dtype)) and "torchvision weights" in ex.name
+    # pytorch-fid's file: 1008 classes, no auxiliary head, same parameter names
+    fid_weights = tmp_path / "pt_inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008).state_dict(),
+               fid_weights)
+    ex = features.inception_extractor(fid_weights)
+    assert ex(torch.rand(1, 3, 32, 32) * 2 - 1)[1].shape == (1, 1008) and "pytorch-fid" in ex.name
+    junk = tmp_path / "junk.pth"
+    torch.save({"weight": torch.zeros(3)}, junk)
+    with pytest.raises(features.DataError, match="not an Inception-v3 state dict"):
+        features.inception_extractor(junk)
