@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,12 @@ def in_batches(fn: Callable[[Images], torch.Tensor], images: Images, batch_size:
     return torch.cat([fn(chunk) for chunk in images.split(batch_size)])
 
 
-def sample_quality(extractor: Extractor, ref: Images, test: Images, fake: Images, train_all: Images) -> dict:
+def encode_set(encode: Callable[[Images], torch.Tensor], images_uint8: torch.Tensor) -> torch.Tensor:
+    """Flat float32 codes (N, D) of a uint8 image set, encoded in batches."""
+    return in_batches(encode, to_float(images_uint8)).flatten(1).float()
+
+
+def sample_quality(extractor: Extractor, ref: Images, test: Images, fake: Images, memo: Images) -> dict:
     """FID/KID/precision/recall/IS of samples vs the reference set, the real-vs-real floor, memorisation."""
     f_ref, _ = extractor(ref)
     f_test, p_test = extractor(test)
@@ -72,7 +76,7 @@ def sample_quality(extractor: Extractor, ref: Images, test: Images, fake: Images
     precision, recall = metrics.precision_recall(f_ref, f_fake)
     floor_p, floor_r = metrics.precision_recall(f_ref, f_test)
     is_mean, is_std = metrics.inception_score(p_fake)
-    mem = metrics.nearest_neighbour_memorisation(f_fake, extractor(train_all)[0])
+    mem = metrics.nearest_neighbour_memorisation(f_fake, extractor(memo)[0])
     return {"fid": metrics.fid(f_ref, f_fake), "fid_floor": metrics.fid(f_ref, f_test),
             "kid": kid, "kid_std": kid_std, "kid_floor": kid_floor,
             "precision": precision, "recall": recall, "precision_floor": floor_p, "recall_floor": floor_r,
@@ -92,8 +96,7 @@ def conditional_quality(extractor: Extractor, sample_class: Callable, num: int, 
 
 def representation(encode: Callable, train: ImageData, test: ImageData) -> dict:
     """Linear-probe and k-NN accuracy of frozen encoder features on labels."""
-    z_train = in_batches(encode, to_float(train.images)).flatten(1).float()
-    z_test = in_batches(encode, to_float(test.images)).flatten(1).float()
+    z_train, z_test = encode_set(encode, train.images), encode_set(encode, test.images)
     return {"linear_probe": metrics.linear_probe_accuracy(z_train, train.labels, z_test, test.labels),
             "knn": metrics.knn_accuracy(z_train, train.labels, z_test, test.labels)}
 
@@ -102,9 +105,8 @@ def disentanglement(encode: Callable, test: ImageData, image_size: int) -> dict:
     """MIG and the FactorVAE score on the shapes factors (shapes only)."""
     from shared import shapes
 
-    z = in_batches(encode, to_float(test.images)).flatten(1).float()
-    represent = lambda f: in_batches(encode, to_float(shapes.render(f, image_size))).flatten(1).float()
-    return {"mig": metrics.mutual_info_gap(z, test.factors, list(test.factor_sizes)),
+    represent = lambda f: encode_set(encode, shapes.render(f, image_size))
+    return {"mig": metrics.mutual_info_gap(encode_set(encode, test.images), test.factors, list(test.factor_sizes)),
             "factor_vae": metrics.factor_vae_score(represent, shapes.sample_factors, list(test.factor_sizes))}
 
 
