@@ -1,0 +1,192 @@
+"""Train a class-conditional GAN.  `python train.py --help` lists every flag.
+
+    python train.py                                                # shapes (3 classes), 32x32, projection D
+    python train.py --dataset mnist --data-root ../shared/datasets # MNIST digits (10 classes)
+    python train.py --conditioning acgan --loss bce                # AC-GAN (Odena et al. 2017)
+    torchrun --nproc_per_node=2 train.py                           # data-parallel (one process per core / GPU)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model import (LOSSES, Config, Discriminator, Generator, class_grid, discriminator_loss,
+                   generator_loss)
+from shared import checkpoint, cli, dist as distributed
+from shared.data import BatchIterator, DataError, load_dataset, to_float
+from shared.run import RunLog, save_config
+
+
+@dataclass
+class TrainConfig(cli.RunConfig):
+    """Train a conditional GAN (projection discriminator or AC-GAN). Core flags come from shared.cli."""
+    steps: int = 5000  # steps; one step = one D update + one G update (~6-10 quiet minutes on 2 cores)
+    out: str = "runs/conditionalgan"  # run folder
+    lr: float = 2e-4  # Adam learning rate of G and D
+    beta1: float = 0.5  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+    conditioning: str = "projection"  # how D uses the label: projection | acgan
+    loss: str = "hinge"  # adversarial loss: hinge | bce (log-likelihood, non-saturating for G)
+    class_weight: float = 1.0  # acgan only: weight of the class log-likelihood term L_C (paper: 1)
+    spectral_norm: bool = True  # spectral normalisation of every D weight
+    z_dim: int = Config.z_dim  # latent dimension
+    g_width: int = Config.g_width  # G channels before the output layer
+    d_width: int = Config.d_width  # D channels after the input layer
+    grid_columns: int = 10  # samples per class (one row each) in the sample grids written during training
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU)
+
+
+def model_config(cfg: TrainConfig, channels: int, num_classes: int) -> Config:
+    """The network hyper-parameters of this run (saved in checkpoints, used by sample.py)."""
+    return Config(image_size=cfg.image_size, channels=channels, num_classes=num_classes, z_dim=cfg.z_dim,
+                  g_width=cfg.g_width, d_width=cfg.d_width, conditioning=cfg.conditioning,
+                  spectral_norm=cfg.spectral_norm)
+
+
+def check(cfg: TrainConfig) -> None:
+    """Model-specific flag checks (ValueError -> one-line CLI error)."""
+    model_config(cfg, channels=3, num_classes=2)  # validates image_size and conditioning
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if min(cfg.z_dim, cfg.g_width, cfg.d_width, cfg.grid_columns) <= 0:
+        raise ValueError("--z-dim, --g-width, --d-width and --grid-columns must be positive")
+    if cfg.class_weight < 0 or not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ValueError("--class-weight must be >= 0 and --beta1/--beta2 in [0, 1)")
+
+
+def main(cfg: TrainConfig) -> Path:
+    """Train, checkpointing to cfg.out; returns the run folder."""
+    env = distributed.setup(cfg.device, cfg.threads)
+    device, precision = env.device, distributed.resolve_precision(cfg.precision, env.device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    data = load_dataset(cfg.dataset, cfg.data_root or None, cfg.image_size, "train", cfg.download, cfg.seed)
+    if data.num_classes < 2:
+        raise DataError(f"{cfg.dataset} has no class labels; a conditional GAN needs a labelled dataset "
+                        f"(for folder:PATH, one subfolder per class)")
+    mcfg = model_config(cfg, data.channels, data.num_classes)
+    torch.manual_seed(cfg.seed)
+    G, D = Generator(mcfg).to(device, memory_format=fmt), Discriminator(mcfg).to(device, memory_format=fmt)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+    torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z
+    step = resume(cfg, env, G, D, opt_g, opt_d, batches)
+    fixed_z = torch.randn(cfg.grid_columns, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    losses = dict(loss=cfg.loss, class_weight=cfg.class_weight)
+
+    def state() -> dict:
+        rngs = distributed.gather_objects(checkpoint.rng_state(), env)
+        return {"model": "ConditionalGAN", "step": step, "config": dataclasses.asdict(cfg),
+                "model_config": dataclasses.asdict(mcfg), "classes": list(data.classes),
+                "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "data": batches.state_dict(), "rng": rngs, "world_size": env.world_size,
+                "versions": checkpoint.versions()}
+
+    if env.is_main:
+        save_config(cfg.out, {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
+                              "precision_resolved": precision, "world_size": env.world_size})
+    log = RunLog(cfg.out, cfg.steps, start_step=step, enabled=env.is_main)
+    log.message(f"ConditionalGAN ({cfg.conditioning}, {cfg.loss}) {len(data)} {cfg.dataset} images, "
+                f"{data.num_classes} classes, {precision}, {device}, {env.world_size} process(es), "
+                f"G {n_params(G):,} / D {n_params(D):,} parameters")
+    G_ddp, D_ddp = distributed.wrap(G, env), distributed.wrap(D, env)
+    start, stopped_early = time.perf_counter(), False
+    with checkpoint.StopSignal() as stop:
+        while step < cfg.steps:
+            x_uint8, y = next(batches)
+            x, y = to_float(x_uint8.to(device)).contiguous(memory_format=fmt), y.to(device)  # (B, C, H, W), (B,)
+            z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
+
+            # D step on real (x, y) and fake (G(z, y), y) in one forward; fakes carry the real batch's labels,
+            # so p(y) is the data's. G(z, y) is detached: G is not updated here.
+            with distributed.autocast(device, precision):
+                fake = G_ddp(z, y)
+                logits, class_logits = D_ddp(torch.cat([x, fake.detach()]), torch.cat([y, y]))
+            real_out = (logits[:len(x)], None if class_logits is None else class_logits[:len(x)])
+            fake_out = (logits[len(x):], None if class_logits is None else class_logits[len(x):])
+            loss_d, terms_d = discriminator_loss(real_out, fake_out, y, **losses)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            # G step through the just-updated D, on the same fakes.
+            with distributed.autocast(device, precision):
+                gen_out = D_ddp(fake, y)
+            loss_g, terms_g = generator_loss(gen_out, y, **losses)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            step += 1
+
+            write = step % cfg.log_every == 0 or step == cfg.steps
+            metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms_d, **terms_g,
+                       "d_real": real_out[0].float().mean().item(),
+                       "d_fake": fake_out[0].float().mean().item()} if write else {}
+            log.step(step, metrics, x.shape[0] * env.world_size, write)
+            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
+            if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+                G.eval()  # rows = classes, columns = fixed z
+                log.images(step, class_grid(G, list(range(data.num_classes)), cfg.grid_columns, z=fixed_z),
+                           nrow=cfg.grid_columns)
+                G.train()
+            if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
+                save_checkpoint(cfg.out, state(), env, periodic=step % cfg.ckpt_every == 0)
+            if stop.requested or out_of_time:
+                stopped_early = True
+                log.message(f"stopping at step {step} ({'signal' if stop.requested else 'time budget'}); "
+                            f"checkpoint saved, continue with --resume auto")
+                break
+    if not stopped_early and (step == 0 or step % cfg.ckpt_every):
+        save_checkpoint(cfg.out, state(), env, periodic=False)
+    log.close()
+    del G_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
+    distributed.teardown(env)
+    return Path(cfg.out)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# Adapted from DCGAN/train.py (save_checkpoint, resume): model name ConditionalGAN.
+def save_checkpoint(out: str, state: dict, env: distributed.Dist, periodic: bool) -> None:
+    """Rank 0 writes; everyone waits so no process races ahead of a half-written checkpoint."""
+    if env.is_main:
+        checkpoint.save_run_checkpoint(out, state, periodic=periodic)
+    distributed.barrier(env)
+
+
+def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches: BatchIterator) -> int:
+    """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from."""
+    if not cfg.resume:
+        return 0
+    path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else cfg.resume
+    if path is None:
+        return 0  # --resume auto with nothing to resume: a fresh run
+    state = checkpoint.load(path, model="ConditionalGAN", map_location=env.device)
+    try:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"{path} was trained with other network sizes or conditioning than these "
+                                         f"flags ({str(e).splitlines()[0][:120]})") from None
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    batches.load_state_dict(state["data"])
+    if state.get("world_size", 1) == env.world_size:
+        checkpoint.set_rng_state(state["rng"][env.rank])
+    else:  # a different process count cannot replay the same noise; continue with fresh, seeded streams
+        torch.manual_seed(cfg.seed + env.rank + 1_000_003 * state["step"])
+    return state["step"]
+
+
+if __name__ == "__main__":
+    config = cli.parse(TrainConfig, check=check)
+    try:
+        main(config)
+    except (DataError, checkpoint.CheckpointError) as err:
+        cli.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
