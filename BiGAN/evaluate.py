@@ -12,6 +12,7 @@ Prints and appends to <run>/eval.jsonl:
     of the same architecture, initialised exactly as train.py initialised this run's E (same seed), so the
     difference is what adversarial training taught E.
 """
+# Adapted from DCGAN/evaluate.py: flags and the shared-harness call; the capabilities are this model's.
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ writes samples/000000.png ... (one PNG per image), samples/grid.png, samples/int
 walks between random latents) and samples/reconstructions.png: pairs of rows, held-out test images x above
 their reconstructions G(E(x)). --checkpoint takes a run folder (its latest checkpoint) or a file.
 """
+# Adapted from DCGAN/sample.py: checkpoint loading and PNG/grid writing; the sampling is this model's.
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@ samples requested class by class (equal numbers per class), and the share the da
 the requested class, overall and per class (shapes: the shape, MNIST: the digit). Also near-copies of training
 images, parameters and speed; appends the record to <run>/eval.jsonl.
 """
+# Adapted from DCGAN/evaluate.py: flags and the shared-harness call; the capabilities are this model's.
 from __future__ import annotations
 
 import math

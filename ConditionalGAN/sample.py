@@ -7,6 +7,7 @@ writes <out>/class_K/000000.png ... for each requested class K and <out>/grid.pn
 the i-th requested class; each column shares one z, so a column shows what the label alone changes).
 --checkpoint takes a run folder (its latest checkpoint) or a file.
 """
+# Adapted from DCGAN/sample.py: checkpoint loading and PNG/grid writing; the sampling is this model's.
 from __future__ import annotations
 
 import argparse

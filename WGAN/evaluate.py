@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Adapted from DCGAN/evaluate.py: only the model name differs.
+# Adapted from DCGAN/evaluate.py: flags and the shared-harness call; the capabilities are this model's.
 from model import sample
 from sample import load_generator
 from shared import checkpoint, cli

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-# Adapted from DCGAN/sample.py: only the model name differs.
+# Adapted from DCGAN/sample.py: checkpoint loading and PNG/grid writing; the sampling is this model's.
 from model import Config, Generator, interpolate, sample
 from shared import checkpoint, cli
 from shared.run import grid

@@ -9,6 +9,7 @@ One step = one generator update, preceded by --n-critic critic updates, each on 
 (Algorithm 1 of both papers). Checkpoints fall on step boundaries, so a resumed run continues the interleaving
 exactly: the next thing it does is the first critic update of the next step.
 """
+# Adapted from DCGAN/train.py: same run plumbing (flags, checkpoint, resume, logging), WGAN's networks and objective.
 from __future__ import annotations
 
 import dataclasses

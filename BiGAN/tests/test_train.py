@@ -1,5 +1,5 @@
 """The training script end to end: run folder contents, sample.py, exact resume, signals, torchrun, CLI errors."""
-# Adapted from DCGAN/tests/test_train.py: three networks, the E/G optimiser, reconstruction grids.
+# Adapted from DCGAN/tests/test_train.py: the contract tests (run folder, resume, SIGTERM, torchrun, CLI errors).
 import json
 import os
 import signal

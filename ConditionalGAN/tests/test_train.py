@@ -1,4 +1,5 @@
 """The training script end to end: run folder, sample.py --class, exact resume, signals, torchrun, CLI errors."""
+# Adapted from DCGAN/tests/test_train.py: the contract tests (run folder, resume, SIGTERM, torchrun, CLI errors).
 import json
 import os
 import signal

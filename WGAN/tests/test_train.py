@@ -1,5 +1,6 @@
 """The training script end to end: the critic/generator interleaving, both variants, run folder contents,
 sample.py, exact resume, signals, torchrun, CLI errors."""
+# Adapted from DCGAN/tests/test_train.py: the contract tests (run folder, resume, SIGTERM, torchrun, CLI errors).
 import json
 import os
 import signal
