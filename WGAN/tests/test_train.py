@@ -14,7 +14,7 @@ import torch
 
 import sample as sample_script
 import train
-from shared import checkpoint
+from shared import checkpoint, cli
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "8", "--z-dim", "8", "--g-width", "8", "--d-width", "8",
@@ -145,13 +145,23 @@ def test_torchrun_two_processes_with_the_gradient_penalty(tmp_path):
     (["--n-critic", "0"], "--n-critic"),
     (["--clip", "0"], "--clip"),
     (["--precision", "fp8"], "--precision"),
-    (["--dataset", "mnist", "--data-root", "/nonexistent/data"], "/nonexistent/data"),
 ])
-def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
-    res = run_script("train.py", *args, "--out", str(tmp_path / "x"), timeout=120)
+def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):
+    """Parse-time errors, in-process (train.py's __main__ runs exactly this parse)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse(train.TrainConfig, [*args, "--out", str(tmp_path / "x")], check=train.check)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_missing_data_exits_2_with_one_line_naming_the_path(tmp_path):
+    """A run-time error, through the real script: one line naming the path, no traceback."""
+    res = run_script("train.py", "--dataset", "mnist", "--data-root", "/nonexistent/data",
+                     "--out", str(tmp_path / "x"), timeout=120)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert len(lines) == 1 and "/nonexistent/data" in lines[0], res.stderr
     assert "Traceback" not in res.stderr
 
 
