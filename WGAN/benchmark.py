@@ -65,13 +65,14 @@ def main() -> None:
     p.add_argument("--variant", default="gp", choices=["gp", "clip"])
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-critic", type=int, default=train.TrainConfig.n_critic)
+    p.add_argument("--n-critic", type=int, default=None, help="default: the variant's (train.DEFAULT_N_CRITIC)")
     p.add_argument("--width", type=int, default=train.TrainConfig.g_width, help="G and critic widths")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    args.n_critic = args.n_critic or train.DEFAULT_N_CRITIC[args.variant]
     torch.set_num_threads(args.threads)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     channels = 1 if args.dataset in ("mnist", "fashion-mnist") else 3

@@ -69,12 +69,16 @@ def test_clip_variant_keeps_every_critic_weight_in_range(tmp_path):
     assert all(r["grad_norm_mean"] > 0 for r in lines)
 
 
-def test_variant_chooses_the_papers_learning_rate_unless_given():
+def test_variant_chooses_its_learning_rate_and_n_critic_unless_given():
     cfg = train.TrainConfig(variant="clip")
-    assert train.apply_variant_defaults(cfg, ["--variant", "clip"]).lr == 5e-5
+    clip = train.apply_variant_defaults(cfg, ["--variant", "clip"])
+    assert (clip.lr, clip.n_critic) == (5e-5, 5)  # the original WGAN's RMSprop 5e-5, n_critic 5
     assert train.apply_variant_defaults(cfg, ["--variant", "clip", "--lr", "3e-4"]).lr == cfg.lr
     assert train.apply_variant_defaults(cfg, ["--variant=clip", "--lr=3e-4"]).lr == cfg.lr
-    assert train.apply_variant_defaults(train.TrainConfig(), []).lr == 3e-4
+    assert train.apply_variant_defaults(cfg, ["--variant=clip", "--n-critic=2"]).n_critic == cfg.n_critic
+    gp = train.apply_variant_defaults(train.TrainConfig(n_critic=7), [])
+    assert (gp.lr, gp.n_critic) == (3e-4, 2)
+    assert train.apply_variant_defaults(train.TrainConfig(n_critic=7), ["--n-critic", "7"]).n_critic == 7
 
 
 @pytest.mark.parametrize("variant", ["gp", "clip"])
@@ -117,7 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     state = checkpoint.load(out, "WGAN")
-    assert 0 < state["step"] < 100000 and state["critic_updates"] == 5 * state["step"]
+    assert 0 < state["step"] < 100000 and state["critic_updates"] == train.DEFAULT_N_CRITIC["gp"] * state["step"]
     assert "--resume auto" in stdout + stderr
 
 
