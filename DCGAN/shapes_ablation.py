@@ -7,9 +7,9 @@ scale, rotation, x and y, and optionally adding Mescheder et al.'s (2018) R1 pen
 on real images to D's loss. It writes a grid of 64 samples (fixed noise) and prints the step count and
 D(G(z)). The results are in README.md, "Known limits".
 
-    python shapes_ablation.py --vary shape,rotation --minutes 4 --threads 1   # 24 distinct images
-    python shapes_ablation.py --vary shape,colour,scale,rotation               # 720: position fixed
-    python shapes_ablation.py --every 2                                        # every factor, half the levels
+    python shapes_ablation.py --vary shape,rotation --minutes 4 --threads 1   # 17 distinct images
+    python shapes_ablation.py --vary shape,colour,scale,rotation               # 510: position fixed
+    python shapes_ablation.py --every 2                                        # every factor, half the levels: 2,592
     python shapes_ablation.py --r1 1 --r1-every 4 --minutes 10                 # all of shapes, R1 penalty
 """
 from __future__ import annotations

@@ -72,7 +72,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    args.n_critic = args.n_critic or train.DEFAULT_N_CRITIC[args.variant]
+    if args.n_critic is None:
+        args.n_critic = train.DEFAULT_N_CRITIC[args.variant]
     torch.set_num_threads(args.threads)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     channels = 1 if args.dataset in ("mnist", "fashion-mnist") else 3
