@@ -31,3 +31,39 @@ def test_cli_rejects_an_unknown_factor(capsys):
     with pytest.raises(SystemExit) as exit_:
         shapes_ablation.main(["--vary", "shape,hue"])
     assert exit_.value.code == 2 and "unknown factors ['hue']" in capsys.readouterr().err
+
+
+def test_one_hot_codes_every_factor_once():
+    factors = shapes_ablation.ablated_factors(list(shapes.FACTOR_NAMES), 1, 200, seed=1)
+    codes = shapes_ablation.one_hot(factors)
+    assert codes.shape == (200, sum(shapes.FACTOR_SIZES)) and (codes.sum(1) == len(shapes.FACTOR_SIZES)).all()
+    blocks = codes.split(list(shapes.FACTOR_SIZES), dim=1)
+    assert torch.equal(torch.stack([b.argmax(1) for b in blocks], 1), factors)
+
+
+def test_projection_discriminator_adds_the_inner_product_of_embedded_factors_and_pooled_features():
+    from model import Config, Discriminator
+
+    torch.manual_seed(0)
+    D = shapes_ablation.ProjectionD(Discriminator(Config(image_size=16, channels=3, d_width=8)), y_dim=38).eval()
+    x, y = torch.randn(5, 3, 16, 16), torch.rand(5, 38)
+    phi = D.d.body(x).sum((2, 3))  # (5, 16): the last feature map summed over space
+    expected = D.d(x) + (phi * (y @ D.embed.weight.T)).sum(1)
+    assert torch.allclose(D(x, y), expected, atol=1e-5)
+    assert torch.allclose(D(x, torch.zeros(5, 38)), D.d(x), atol=1e-6)  # no factors: the plain D
+
+
+@pytest.mark.parametrize("mode", ["--mse", "--given-factors"])
+def test_factor_modes_train_and_write_outputs_above_the_matching_real_images(tmp_path, mode, capsys):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    shapes_ablation.main([mode, "--minutes", "0.01", "--width", "8", "--batch-size", "8", "--out", str(out)])
+    assert "steps in 0.01 minutes" in capsys.readouterr().out
+    assert Image.open(out).size == (8 * 33 + 1, 16 * 33 + 1)  # 8 columns, 8 rows of outputs + 8 of real images
+
+
+def test_cli_rejects_both_factor_modes(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        shapes_ablation.main(["--mse", "--given-factors"])
+    assert exit_.value.code == 2 and "choose one of" in capsys.readouterr().err
