@@ -12,7 +12,7 @@ on real images to D's loss. Two modes take the factor vector y (one-hot per fact
   --mse            no D at all: G(y) regresses the image with a pixel MSE (a decoder from the factors). Same G,
                    same Adam; it shows what G's architecture can draw in the budget.
 It writes a grid of 64 outputs (fixed noise) -- in the two factor modes, followed by the 64 real images with
-the same factors -- and prints the step count and D(G(z)) or the MSE. Results: README.md, "Known limits".
+the same factors -- and prints the step count and D(G(z)) or the MSE. Results: README.md, "Why shapes stay blobs".
 
     python shapes_ablation.py --vary shape,rotation --minutes 4 --threads 1   # 17 distinct images
     python shapes_ablation.py --vary shape,colour,scale,rotation               # 510: position fixed
