@@ -12,12 +12,14 @@ on real images to D's loss. Two modes take the factor vector y (one-hot per fact
   --mse            no D at all: G(y) regresses the image with a pixel MSE (a decoder from the factors). Same G,
                    same Adam; it shows what G's architecture can draw in the budget.
 It writes a grid of 64 outputs (fixed noise) -- in the two factor modes, followed by the 64 real images with
-the same factors -- and prints the step count and D(G(z)) or the MSE. Results: README.md, "Why shapes stay blobs".
+the same factors -- and prints the step count and D(G(z)) or the MSE; --snapshot-minutes also writes the grid
+every so many minutes of the run. Results: README.md, "Why shapes stay blobs".
 
     python shapes_ablation.py --vary shape,rotation --minutes 4 --threads 1   # 17 distinct images
     python shapes_ablation.py --vary shape,colour,scale,rotation               # 510: position fixed
     python shapes_ablation.py --every 2                                        # every factor, half the levels: 2,592
     python shapes_ablation.py --r1 1 --r1-every 4 --minutes 10                 # all of shapes, R1 penalty
+    python shapes_ablation.py --r1 1 --r1-every 4 --minutes 100 --threads 2 --snapshot-minutes 20  # + grids on the way
     python shapes_ablation.py --given-factors                                  # G and D see every factor
     python shapes_ablation.py --mse                                            # G as a decoder of the factors
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -85,12 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=32, help="G and D widths (train.py's default: 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="shapes_ablation.png")
+    p.add_argument("--snapshot-minutes", type=float, default=0.0,
+                   help="also write OUT_<k>min.png every this many minutes (0 = only the final grid)")
     args = p.parse_args(argv)
     vary = args.vary.split(",")
     if unknown := set(vary) - set(shapes.FACTOR_NAMES):
         p.error(f"unknown factors {sorted(unknown)}; choose from {', '.join(shapes.FACTOR_NAMES)}")
-    if args.every < 1 or args.r1 < 0 or args.r1_every < 1:
-        p.error("--every and --r1-every must be >= 1, --r1 >= 0")
+    if args.every < 1 or args.r1 < 0 or args.r1_every < 1 or args.snapshot_minutes < 0:
+        p.error("--every and --r1-every must be >= 1, --r1 and --snapshot-minutes >= 0")
     if args.given_factors and args.mse:
         p.error("choose one of --given-factors and --mse")
     torch.set_num_threads(args.threads)
@@ -115,8 +120,22 @@ def main(argv: list[str] | None = None) -> None:
     def d_logits(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return D(x, y) if args.given_factors else D(x)
 
-    start, step = time.perf_counter(), 0
+    def write_grid(path: Path) -> None:
+        G.eval()
+        grid = sample(G, 64, z=fixed_input)
+        G.train()
+        if y_dim:  # below the outputs, the real images with the same factors
+            grid = torch.cat([grid, images[shown]])
+        save_image(grid * 0.5 + 0.5, path, nrow=8, padding=1)
+
+    out = Path(args.out)
+    start, step, snapshots = time.perf_counter(), 0, 0
     while time.perf_counter() - start < args.minutes * 60:
+        if args.snapshot_minutes and time.perf_counter() - start >= (snapshots + 1) * args.snapshot_minutes * 60:
+            snapshots += 1
+            snapshot = out.with_name(f"{out.stem}_{snapshots * args.snapshot_minutes:g}min{out.suffix}")
+            write_grid(snapshot)
+            print(f"step {step}: {snapshot}", flush=True)
         batch = torch.randint(len(images), (args.batch_size,))
         x, y = images[batch].contiguous(memory_format=fmt), codes[batch]
         if args.mse:  # regression: G(y) -> x; D is not used
@@ -149,11 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         if step % 500 == 0:
             print(f"step {step} ({time.perf_counter() - start:.0f} s): D(x) {torch.sigmoid(real_logits).mean():.3f}"
                   f" D(G(z)) {torch.sigmoid(fake_logits).mean():.3f}", flush=True)
-    G.eval()
-    grid = sample(G, 64, z=fixed_input)
-    if y_dim:  # below the outputs, the real images with the same factors
-        grid = torch.cat([grid, images[shown]])
-    save_image(grid * 0.5 + 0.5, args.out, nrow=8, padding=1)
+    write_grid(out)
     print(f"{step} steps in {args.minutes} minutes; samples in {args.out}")
 
 

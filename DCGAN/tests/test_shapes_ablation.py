@@ -67,3 +67,11 @@ def test_cli_rejects_both_factor_modes(capsys):
     with pytest.raises(SystemExit) as exit_:
         shapes_ablation.main(["--mse", "--given-factors"])
     assert exit_.value.code == 2 and "choose one of" in capsys.readouterr().err
+
+
+def test_snapshots_are_written_during_the_run(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    shapes_ablation.main(["--minutes", "0.03", "--snapshot-minutes", "0.01", "--width", "8", "--batch-size", "8",
+                          "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "grid_0.01min.png", "grid_0.02min.png"]
+    assert "grid_0.02min.png" in capsys.readouterr().out

@@ -143,3 +143,23 @@ def test_sample_py_rejects_bad_checkpoints(tmp_path):
     checkpoint.save(other, {"model": "VAE", "step": 1})
     res = run_script("sample.py", "--checkpoint", str(other), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "VAE checkpoint, not DCGAN" in res.stderr
+
+
+def test_collapse_watch_warns_once_when_d_wins_for_the_whole_span():
+    watch = train.CollapseWatch(start_step=0, threshold=0.01, span=500)
+    healthy = [0.3, 0.02, 0.005, 0.001, 0.2]  # dips below the threshold, but never for 500 steps
+    assert all(watch.update(10 * (i + 1), healthy[i % 5]) is None for i in range(200))  # steps 10..2000
+    # From step 2010 on D wins: 2000 is the last step at or above the threshold, so the warning comes at 2500.
+    warnings = [(step, watch.update(step, 1e-5)) for step in range(2010, 3010, 10)]
+    fired = [(step, text) for step, text in warnings if text]
+    assert [step for step, _ in fired] == [2500]
+    assert "since step 2000" in fired[0][1] and "step_*.pt" in fired[0][1]
+    # A recovery re-arms it; a second episode warns again.
+    assert watch.update(3010, 0.5) is None
+    assert [s for s in range(3020, 3600, 10) if watch.update(s, 1e-6)] == [3510]
+
+
+def test_collapse_watch_counts_from_the_resumed_step():
+    watch = train.CollapseWatch(start_step=8000)
+    assert watch.update(8100, 1e-6) is None  # D(G(z)) low from the start, but only 100 steps seen
+    assert watch.update(8500, 1e-6) is not None
