@@ -31,6 +31,7 @@ class EvalConfig:
     num: int = 2000  # samples (and real images per reference set); also the samples of the class-accuracy test
     data_root: str = ""  # where the dataset lives (default: the one the run trained with)
     seed: int = 0  # seeds the samples and the real subsets
+    raw: bool = False  # evaluate G's raw weights, not their moving average (when the run kept one)
     inception_weights: str = ""  # local Inception-v3 weights (torchvision or pytorch-fid file) instead of the classifier
     threads: int = 0  # CPU threads (0 = torch's default)
 
@@ -38,7 +39,7 @@ class EvalConfig:
 def main(cfg: EvalConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    G, state = load_generator(cfg.checkpoint, torch.device("cpu"))
+    G, state = load_generator(cfg.checkpoint, torch.device("cpu"), cfg.raw)
     train_cfg, run = state["config"], run_dir_of(cfg.checkpoint)
     caps = Capabilities(sample=lambda n, gen: sample_any_class(G, n, rng=gen),
                         sample_class=lambda labels, gen: sample(G, labels, rng=gen))

@@ -47,6 +47,10 @@ Deviations:
   * z ~ N(0, I); the AC-GAN generator uses the non-saturating -log sigma(D(G(z))) in place of the saturating
     -L_S term (the usual practice since Goodfellow et al. Sec. 3); the class loss weight is a flag (paper: 1).
   * Spectral normalisation is also applied to the AC-GAN discriminator (the paper used BatchNorm and dropout).
+  * Additions from later work, both flags: samples and evaluation use an exponential moving average of G's weights
+    (Karras et al. 2018, Yazici et al. 2019; BigGAN and StyleGAN do the same), theta_ema <- beta theta_ema +
+    (1 - beta) theta after every G step (ema_update); and D may learn faster than G (--lr-d, the two time-scale
+    update rule of Heusel et al. 2017). Neither changes the game, only how it is played and read out.
 """
 from __future__ import annotations
 
@@ -233,6 +237,21 @@ def generator_loss(fake: tuple, y: torch.Tensor, loss: str = "hinge",
         return adversarial, {"loss_g_adv": adversarial.item()}
     classes = class_loss(fake[1], y)
     return adversarial + class_weight * classes, {"loss_g_adv": adversarial.item(), "loss_g_class": classes.item()}
+
+
+# ---------------------------------------------------------------- moving average of G
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> float:
+    """theta_ema <- beta theta_ema + (1 - beta) theta for every parameter, with beta = min(decay, (1 + step) /
+    (10 + step)) so the early average is not dominated by the random initialisation; buffers (BatchNorm's running
+    statistics) are copied, since they describe the raw G's activations. Returns the beta used."""
+    beta = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - beta)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+    return beta
 
 
 # ---------------------------------------------------------------- sampling

@@ -32,15 +32,17 @@ class SampleConfig:
     num: int = 10  # images per requested class
     out: str = "samples"  # output folder
     seed: int = 0  # seed of the latent noise
+    raw: bool = False  # use G's raw weights, not their moving average (when the run kept one: train.py --ema)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads (0 = torch's default)
 
 
-def load_generator(path: str, device: torch.device) -> tuple[Generator, dict]:
-    """G rebuilt from the config saved in the checkpoint, with its weights (eval mode), and the checkpoint."""
+def load_generator(path: str, device: torch.device, raw: bool = False) -> tuple[Generator, dict]:
+    """G rebuilt from the config saved in the checkpoint (eval mode), and the checkpoint. Its weights are the
+    moving average the run kept (train.py --ema), or G's raw weights if raw or if the run kept none."""
     state = checkpoint.load(path, model="ConditionalGAN", map_location=device)
     G = Generator(Config(**state["model_config"])).to(device)
-    G.load_state_dict(state["G"])
+    G.load_state_dict(state["G"] if raw or state.get("G_ema") is None else state["G_ema"])
     return G.eval(), state
 
 
@@ -63,7 +65,7 @@ def main(cfg: SampleConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    G, state = load_generator(cfg.checkpoint, device)
+    G, state = load_generator(cfg.checkpoint, device, cfg.raw)
     classes = parse_classes(cfg.classes, G.cfg.num_classes)
     z = torch.randn(cfg.num, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     out = Path(cfg.out)

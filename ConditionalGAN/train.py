@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model import (LOSSES, Config, Discriminator, Generator, class_grid, discriminator_loss,
+from model import (LOSSES, Config, Discriminator, Generator, class_grid, discriminator_loss, ema_update,
                    generator_loss)
 from shared import checkpoint, cli, dist as distributed
 from shared.data import BatchIterator, DataError, load_dataset, to_float
@@ -26,7 +27,9 @@ class TrainConfig(cli.RunConfig):
     """Train a conditional GAN (projection discriminator or AC-GAN). Core flags come from shared.cli."""
     steps: int = 5000  # steps; one step = one D update + one G update (~6-10 quiet minutes on 2 cores)
     out: str = "runs/conditionalgan"  # run folder
-    lr: float = 2e-4  # Adam learning rate of G and D
+    lr: float = 2e-4  # Adam learning rate of G (and of D if --lr-d is 0)
+    lr_d: float = 4e-4  # Adam learning rate of D, twice G's (TTUR, Heusel et al. 2017; see README); 0 = --lr
+    ema: float = 0.0  # decay (e.g. 0.999) of a moving average of G's weights for samples and evaluation; 0 = off
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
     conditioning: str = "projection"  # how D uses the label: projection | acgan
@@ -56,6 +59,8 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError("--z-dim, --g-width, --d-width and --grid-columns must be positive")
     if cfg.class_weight < 0 or not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise ValueError("--class-weight must be >= 0 and --beta1/--beta2 in [0, 1)")
+    if cfg.lr <= 0 or cfg.lr_d < 0 or not 0 <= cfg.ema < 1:
+        raise ValueError("--lr must be > 0, --lr-d >= 0 (0 = --lr) and --ema in [0, 1) (0 = off)")
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -71,10 +76,11 @@ def main(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     G, D = Generator(mcfg).to(device, memory_format=fmt), Discriminator(mcfg).to(device, memory_format=fmt)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d or cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    G_ema = copy.deepcopy(G).requires_grad_(False).eval() if cfg.ema else None  # what samples and evaluate use
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z
-    step = resume(cfg, env, G, D, opt_g, opt_d, batches)
+    step = resume(cfg, env, G, D, opt_g, opt_d, batches, G_ema)
     fixed_z = torch.randn(cfg.grid_columns, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     losses = dict(loss=cfg.loss, class_weight=cfg.class_weight)
 
@@ -82,7 +88,9 @@ def main(cfg: TrainConfig) -> Path:
         rngs = distributed.gather_objects(checkpoint.rng_state(), env)
         return {"model": "ConditionalGAN", "step": step, "config": dataclasses.asdict(cfg),
                 "model_config": dataclasses.asdict(mcfg), "classes": list(data.classes),
-                "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "G": G.state_dict(), "D": D.state_dict(),
+                "G_ema": None if G_ema is None else G_ema.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "data": batches.state_dict(), "rng": rngs, "world_size": env.world_size,
                 "versions": checkpoint.versions()}
 
@@ -120,6 +128,8 @@ def main(cfg: TrainConfig) -> Path:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if G_ema is not None:
+                ema_update(G_ema, G, cfg.ema, step)
             step += 1
 
             write = step % cfg.log_every == 0 or step == cfg.steps
@@ -129,8 +139,8 @@ def main(cfg: TrainConfig) -> Path:
             log.step(step, metrics, x.shape[0] * env.world_size, write)
             out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
             if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
-                G.eval()  # rows = classes, columns = fixed z
-                log.images(step, class_grid(G, list(range(data.num_classes)), cfg.grid_columns, z=fixed_z),
+                shown = G_ema if G_ema is not None else G.eval()  # rows = classes, columns = fixed z
+                log.images(step, class_grid(shown, list(range(data.num_classes)), cfg.grid_columns, z=fixed_z),
                            nrow=cfg.grid_columns)
                 G.train()
             if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
@@ -160,7 +170,7 @@ def save_checkpoint(out: str, state: dict, env: distributed.Dist, periodic: bool
     distributed.barrier(env)
 
 
-def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches: BatchIterator) -> int:
+def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches: BatchIterator, G_ema=None) -> int:
     """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from."""
     if not cfg.resume:
         return 0
@@ -171,6 +181,8 @@ def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches:
     try:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
+        if G_ema is not None:  # a run that kept no average starts one from the current G
+            G_ema.load_state_dict(state.get("G_ema") or state["G"])
     except RuntimeError as e:
         raise checkpoint.CheckpointError(f"{path} was trained with other network sizes or conditioning than these "
                                          f"flags ({str(e).splitlines()[0][:120]})") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,11 @@ def participating(models: list[str] | None) -> list[str]:
 
 def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int, threads: int,
               train_first: bool = True) -> dict | None:
-    """Train then evaluate one model; the evaluation record, or None if a step failed (reported)."""
+    """Train then evaluate one model; the evaluation record, or None if a step failed (reported). Training starts
+    from an empty run folder, so no sample grid or checkpoint of an earlier leaderboard run is left beside it."""
     folder, out = ROOT / model, f"runs/leaderboard/{dataset}"
+    if train_first:
+        shutil.rmtree(folder / out, ignore_errors=True)
     data_flags = ["--dataset", dataset] + (["--data-root", data_root] if data_root else [])
     train = [sys.executable, "train.py", *data_flags, "--minutes", str(minutes), "--steps", "100000000",
              "--out", out, "--threads", str(threads), "--resume", ""]

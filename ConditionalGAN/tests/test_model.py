@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import (Config, ConditionalBatchNorm2d, Discriminator, Generator, class_grid, class_loss,
-                   discriminator_loss, generator_loss, hinge_discriminator_loss, hinge_generator_loss,
+                   discriminator_loss, ema_update, generator_loss, hinge_discriminator_loss, hinge_generator_loss,
                    non_saturating_generator_loss, sample, sample_any_class, source_loss)
 
 
@@ -207,3 +207,24 @@ def test_sampling_is_deterministic_and_batch_independent_in_eval():
     assert torch.allclose(a, b, atol=1e-6)
     c = sample_any_class(G, 7, rng=torch.Generator().manual_seed(2))
     assert c.shape == (7, 3, 16, 16)
+
+
+def test_ema_update_is_the_exponential_moving_average_with_its_warm_up():
+    """theta_ema <- beta theta_ema + (1 - beta) theta, beta = min(decay, (1 + t) / (10 + t)); buffers copied."""
+    torch.manual_seed(0)
+    G, ema = Generator(tiny()), Generator(tiny())
+    before = [p.clone() for p in ema.parameters()]
+    G.train()(torch.randn(4, 8), torch.arange(4))  # moves BatchNorm's running statistics
+    assert ema_update(ema, G, decay=0.999, step=0) == pytest.approx(0.1)  # warm-up: (1 + 0) / (10 + 0)
+    for p0, p, pe in zip(before, G.parameters(), ema.parameters()):
+        torch.testing.assert_close(pe, 0.1 * p0 + 0.9 * p)
+    for b, be in zip(G.buffers(), ema.buffers()):
+        assert torch.equal(b, be)
+    assert ema_update(ema, G, decay=0.999, step=10 ** 6) == 0.999  # after the warm-up, the decay itself
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(1.0)
+    mid = [p.clone() for p in ema.parameters()]
+    ema_update(ema, G, decay=0.5, step=10 ** 6)
+    for p0, p, pe in zip(mid, G.parameters(), ema.parameters()):
+        torch.testing.assert_close(pe, 0.5 * p0 + 0.5 * p)

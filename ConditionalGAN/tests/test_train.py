@@ -64,9 +64,10 @@ def read_pngs(folder: Path) -> torch.Tensor:
 def test_sample_py_class_k_writes_images_of_class_k_only(tiny_run, tmp_path):
     """The label reaches G: the files are G(z, K) for the seed's z, not G(z, k) of another class."""
     ckpt = checkpoint.load(tiny_run, "ConditionalGAN")
-    for name, value in ckpt["G"].items():  # a 2-step G has barely left identity BN: give each class its own bias
-        if name.endswith("beta.weight"):
-            value.copy_(2.0 * torch.arange(3.0)[:, None].expand_as(value))
+    for net in ("G", "G_ema"):  # a 2-step G has barely left identity BN: give each class its own bias
+        for name, value in (ckpt[net] or {}).items():
+            if name.endswith("beta.weight"):
+                value.copy_(2.0 * torch.arange(3.0)[:, None].expand_as(value))
     distinct = checkpoint.save(tmp_path / "distinct.pt", ckpt)
     out = tmp_path / "k1"
     res = run_script("sample.py", "--checkpoint", str(distinct), "--class", "1", "--num", "5", "--out", str(out))
@@ -99,19 +100,38 @@ def test_sample_py_rejects_bad_classes(tiny_run, tmp_path, args, needle):
 
 @pytest.mark.parametrize("conditioning,loss", [("projection", "hinge"), ("acgan", "bce")])
 def test_resume_is_exact(tmp_path, conditioning, loss):
-    """train 4 steps == train 2, stop, resume from the checkpoint, train 2 more (spectral-norm vectors included)."""
-    kw = dict(conditioning=conditioning, loss=loss)
+    """train 4 steps == train 2, stop, resume from the checkpoint, train 2 more (spectral-norm vectors and G's
+    moving average included)."""
+    kw = dict(conditioning=conditioning, loss=loss, ema=0.999)
     straight = train.main(tiny_config(tmp_path / "a", steps=4, **kw))
     train.main(tiny_config(tmp_path / "b", steps=2, **kw))
     resumed = train.main(tiny_config(tmp_path / "b", steps=4, resume="auto", **kw))
     a, b = checkpoint.load(straight, "ConditionalGAN"), checkpoint.load(resumed, "ConditionalGAN")
     assert a["step"] == b["step"] == 4
-    for net in ("G", "D"):
+    for net in ("G", "D", "G_ema"):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
     assert any("_u" in k for k in a["D"])  # the power-iteration state is part of the checkpoint
     assert torch.equal(a["opt_g"]["state"][0]["exp_avg"], b["opt_g"]["state"][0]["exp_avg"])
     assert a["data"] == b["data"]
+
+
+def test_ema_is_what_samples_use_and_lr_d_is_ds_rate(tmp_path):
+    """The checkpoint keeps G's moving average beside G; sample.py/evaluate.py load it unless --raw; --lr-d sets
+    D's Adam rate only; --ema 0 keeps no average and then G itself is loaded."""
+    run = train.main(tiny_config(tmp_path / "e", steps=3, lr_d=5e-4, ema=0.999))
+    state = checkpoint.load(run, "ConditionalGAN")
+    assert state["opt_d"]["param_groups"][0]["lr"] == 5e-4 and state["opt_g"]["param_groups"][0]["lr"] == 2e-4
+    key = "to_image.weight"
+    assert not torch.equal(state["G_ema"][key], state["G"][key])  # an average lags the trained weights
+    assert torch.equal(sample_script.load_generator(str(run), torch.device("cpu"))[0].state_dict()[key],
+                       state["G_ema"][key])
+    assert torch.equal(sample_script.load_generator(str(run), torch.device("cpu"), raw=True)[0].state_dict()[key],
+                       state["G"][key])
+    plain = checkpoint.load(train.main(tiny_config(tmp_path / "p", steps=1)), "ConditionalGAN")  # default: off
+    assert plain["G_ema"] is None
+    assert torch.equal(sample_script.load_generator(str(tmp_path / "p"), torch.device("cpu"))[0]
+                       .state_dict()[key], plain["G"][key])
 
 
 def test_resume_with_other_conditioning_is_a_clear_error(tmp_path):
@@ -158,6 +178,8 @@ def test_torchrun_two_processes(tmp_path):
     (["--conditioning", "concat"], "--conditioning"),
     (["--loss", "wasserstein"], "--loss"),
     (["--class-weight", "-1"], "--class-weight"),
+    (["--ema", "1"], "--ema"),
+    (["--lr-d", "-1"], "--lr-d"),
     (["--precision", "fp8"], "--precision"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):

@@ -1,0 +1,39 @@
+"""The leaderboard driver: each model folder is run as a user would run it, from a clean run folder."""
+import json
+
+from shared import leaderboard
+
+TRAIN = """import sys
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+(out / "samples").mkdir(parents=True, exist_ok=True)
+(out / "samples" / "step_0000002.png").write_text("grid")
+"""
+EVALUATE = """import json, sys
+from pathlib import Path
+run = Path(sys.argv[sys.argv.index("--checkpoint") + 1])
+seen = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != "eval.jsonl")
+with open(run / "eval.jsonl", "a") as f:
+    f.write(json.dumps({"model": "Toy", "dataset": "shapes", "fid": 3.0, "files": seen}) + "\\n")
+"""
+
+
+def test_run_model_trains_in_an_emptied_run_folder_then_reads_the_evaluation(tmp_path, monkeypatch):
+    model = tmp_path / "Toy"
+    model.mkdir()
+    (model / "train.py").write_text(TRAIN)
+    (model / "evaluate.py").write_text(EVALUATE)
+    stale = model / "runs" / "leaderboard" / "shapes" / "samples" / "step_0099999.png"  # an earlier, longer run
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old grid")
+    monkeypatch.setattr(leaderboard, "ROOT", tmp_path)
+    assert leaderboard.participating(["Toy", "Missing"]) == ["Toy"]
+    record = leaderboard.run_model("Toy", "shapes", "", minutes=0.1, num=10, threads=1)
+    assert record["fid"] == 3.0 and record["minutes"] == 0.1
+    assert not stale.exists()  # nothing of the earlier run is left beside the new one
+    lines = (model / "runs" / "leaderboard" / "shapes" / "eval.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["files"] == ["samples", "samples/step_0000002.png"]
+    # --skip-training re-evaluates the run in place and keeps it
+    again = leaderboard.run_model("Toy", "shapes", "", minutes=0.1, num=10, threads=1, train_first=False)
+    assert again["fid"] == 3.0 and len((model / "runs" / "leaderboard" / "shapes" / "eval.jsonl")
+                                       .read_text().splitlines()) == 2
