@@ -47,10 +47,11 @@ Deviations:
   * z ~ N(0, I); the AC-GAN generator uses the non-saturating -log sigma(D(G(z))) in place of the saturating
     -L_S term (the usual practice since Goodfellow et al. Sec. 3); the class loss weight is a flag (paper: 1).
   * Spectral normalisation is also applied to the AC-GAN discriminator (the paper used BatchNorm and dropout).
-  * Additions from later work, both flags: samples and evaluation use an exponential moving average of G's weights
-    (Karras et al. 2018, Yazici et al. 2019; BigGAN and StyleGAN do the same), theta_ema <- beta theta_ema +
-    (1 - beta) theta after every G step (ema_update); and D may learn faster than G (--lr-d, the two time-scale
-    update rule of Heusel et al. 2017). Neither changes the game, only how it is played and read out.
+  * Additions from later work. D learns twice as fast as G by default (train.py --lr-d 4e-4 against --lr 2e-4, the
+    two time-scale update rule of Heusel et al. 2017), which halves the shapes FID at the 10-minute budget (README).
+    Optionally (train.py --ema, off by default) samples and evaluation use an exponential moving average of G's
+    weights, theta_ema <- beta theta_ema + (1 - beta) theta after every G step (ema_update; Karras et al. 2018,
+    Yazici et al. 2019). Neither changes the game, only how it is played and read out.
 """
 from __future__ import annotations
 
