@@ -44,6 +44,8 @@ Deviations:
   * The networks are DCGAN-sized (Radford et al. 2016: transposed convolutions in G, strided 4x4 convolutions
     in D) instead of the papers' ResNets, so a 2-core CPU trains them in minutes; phi(x) is D's last 4x4
     feature map flattened (Miyato & Koyama sum-pool a ResNet's features), so psi is DCGAN's final 4x4 conv.
+  * One D update per G update by default; the authors' code updates D five times (n_dis 5, train.py --d-steps 5),
+    which costs steps a CPU budget cannot spare (README: --d-steps 2 did not beat 1 in the same time).
   * z ~ N(0, I); the AC-GAN generator uses the non-saturating -log sigma(D(G(z))) in place of the saturating
     -L_S term (the usual practice since Goodfellow et al. Sec. 3); the class loss weight is a flag (paper: 1).
   * Spectral normalisation is also applied to the AC-GAN discriminator (the paper used BatchNorm and dropout).

@@ -25,10 +25,11 @@ from shared.run import RunLog, save_config
 @dataclass
 class TrainConfig(cli.RunConfig):
     """Train a conditional GAN (projection discriminator or AC-GAN). Core flags come from shared.cli."""
-    steps: int = 5000  # steps; one step = one D update + one G update (~6-10 quiet minutes on 2 cores)
+    steps: int = 5000  # steps; one step = --d-steps D updates + one G update (~6-10 quiet minutes on 2 cores)
     out: str = "runs/conditionalgan"  # run folder
     lr: float = 2e-4  # Adam learning rate of G (and of D if --lr-d is 0)
     lr_d: float = 4e-4  # Adam learning rate of D, twice G's (TTUR, Heusel et al. 2017; see README); 0 = --lr
+    d_steps: int = 1  # D updates per G update, each on a fresh real batch and z (n_dis; Miyato & Koyama: 5)
     ema: float = 0.0  # decay (e.g. 0.999) of a moving average of G's weights for samples and evaluation; 0 = off
     beta1: float = 0.5  # Adam beta1
     beta2: float = 0.999  # Adam beta2
@@ -55,8 +56,8 @@ def check(cfg: TrainConfig) -> None:
     model_config(cfg, channels=3, num_classes=2)  # validates image_size and conditioning
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    if min(cfg.z_dim, cfg.g_width, cfg.d_width, cfg.grid_columns) <= 0:
-        raise ValueError("--z-dim, --g-width, --d-width and --grid-columns must be positive")
+    if min(cfg.z_dim, cfg.g_width, cfg.d_width, cfg.grid_columns, cfg.d_steps) <= 0:
+        raise ValueError("--z-dim, --g-width, --d-width, --grid-columns and --d-steps must be positive")
     if cfg.class_weight < 0 or not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise ValueError("--class-weight must be >= 0 and --beta1/--beta2 in [0, 1)")
     if cfg.lr <= 0 or cfg.lr_d < 0 or not 0 <= cfg.ema < 1:
@@ -105,23 +106,24 @@ def main(cfg: TrainConfig) -> Path:
     start, stopped_early = time.perf_counter(), False
     with checkpoint.StopSignal() as stop:
         while step < cfg.steps:
-            x_uint8, y = next(batches)
-            x, y = to_float(x_uint8.to(device)).contiguous(memory_format=fmt), y.to(device)  # (B, C, H, W), (B,)
-            z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
+            for _ in range(cfg.d_steps):
+                x_uint8, y = next(batches)
+                x, y = to_float(x_uint8.to(device)).contiguous(memory_format=fmt), y.to(device)  # (B, C, H, W), (B,)
+                z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
 
-            # D step on real (x, y) and fake (G(z, y), y) in one forward; fakes carry the real batch's labels,
-            # so p(y) is the data's. G(z, y) is detached: G is not updated here.
-            with distributed.autocast(device, precision):
-                fake = G_ddp(z, y)
-                logits, class_logits = D_ddp(torch.cat([x, fake.detach()]), torch.cat([y, y]))
-            real_out = (logits[:len(x)], None if class_logits is None else class_logits[:len(x)])
-            fake_out = (logits[len(x):], None if class_logits is None else class_logits[len(x):])
-            loss_d, terms_d = discriminator_loss(real_out, fake_out, y, **losses)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+                # D step on real (x, y) and fake (G(z, y), y) in one forward; fakes carry the real batch's labels,
+                # so p(y) is the data's. G(z, y) is detached: G is not updated here.
+                with distributed.autocast(device, precision):
+                    fake = G_ddp(z, y)
+                    logits, class_logits = D_ddp(torch.cat([x, fake.detach()]), torch.cat([y, y]))
+                real_out = (logits[:len(x)], None if class_logits is None else class_logits[:len(x)])
+                fake_out = (logits[len(x):], None if class_logits is None else class_logits[len(x):])
+                loss_d, terms_d = discriminator_loss(real_out, fake_out, y, **losses)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
 
-            # G step through the just-updated D, on the same fakes.
+            # G step through the just-updated D, on the last D step's fakes.
             with distributed.autocast(device, precision):
                 gen_out = D_ddp(fake, y)
             loss_g, terms_g = generator_loss(gen_out, y, **losses)
@@ -136,7 +138,7 @@ def main(cfg: TrainConfig) -> Path:
             metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms_d, **terms_g,
                        "d_real": real_out[0].float().mean().item(),
                        "d_fake": fake_out[0].float().mean().item()} if write else {}
-            log.step(step, metrics, x.shape[0] * env.world_size, write)
+            log.step(step, metrics, cfg.d_steps * x.shape[0] * env.world_size, write)  # real images read
             out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
             if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
                 shown = G_ema if G_ema is not None else G.eval()  # rows = classes, columns = fixed z

@@ -134,6 +134,13 @@ def test_ema_is_what_samples_use_and_lr_d_is_ds_rate(tmp_path):
                        .state_dict()[key], plain["G"][key])
 
 
+def test_d_steps_updates_d_that_many_times_per_g_step(tmp_path):
+    """--d-steps k (n_dis): k Adam steps of D, each on its own real batch, per Adam step of G."""
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "k", steps=3, d_steps=2)), "ConditionalGAN")
+    assert int(state["opt_d"]["state"][0]["step"]) == 6 and int(state["opt_g"]["state"][0]["step"]) == 3
+    assert state["data"] == {"epoch": 0, "position": 6}  # six real batches read
+
+
 def test_resume_with_other_conditioning_is_a_clear_error(tmp_path):
     train.main(tiny_config(tmp_path / "r", steps=1))
     with pytest.raises(checkpoint.CheckpointError, match="conditioning"):
@@ -180,6 +187,7 @@ def test_torchrun_two_processes(tmp_path):
     (["--class-weight", "-1"], "--class-weight"),
     (["--ema", "1"], "--ema"),
     (["--lr-d", "-1"], "--lr-d"),
+    (["--d-steps", "0"], "--d-steps"),
     (["--precision", "fp8"], "--precision"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):
