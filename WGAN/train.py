@@ -42,6 +42,7 @@ class TrainConfig(cli.RunConfig):
     out: str = "runs/wgan"  # run folder
     variant: str = "gp"  # gp: gradient penalty, Adam | clip: weight clipping, RMSprop (the original WGAN)
     lr: float = DEFAULT_LR["gp"]  # learning rate of G and critic (if not given: gp 3e-4, clip 5e-5; papers: 1e-4, 5e-5)
+    lr_d: float = 0.0  # learning rate of the critic alone (e.g. 2x --lr, TTUR; see README); 0 = --lr (both papers)
     beta1: float = 0.0  # Adam beta1, gp only (paper: 0)
     beta2: float = 0.9  # Adam beta2, gp only (paper: 0.9)
     n_critic: int = DEFAULT_N_CRITIC["gp"]  # critic updates per generator update (if not given: gp 2, clip 5; papers: 5)
@@ -73,6 +74,8 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError("--z-dim, --g-width, --d-width and --n-critic must be positive")
     if cfg.gp_weight < 0 or cfg.clip <= 0:
         raise ValueError("--gp-weight must be >= 0 and --clip positive")
+    if cfg.lr <= 0 or cfg.lr_d < 0:
+        raise ValueError("--lr must be > 0 and --lr-d >= 0 (0 = --lr)")
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -86,9 +89,10 @@ def main(cfg: TrainConfig) -> Path:
     G, D = Generator(mcfg).to(device, memory_format=fmt), Critic(mcfg).to(device, memory_format=fmt)
     if gp:
         opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d or cfg.lr, betas=(cfg.beta1, cfg.beta2))
     else:
-        opt_g, opt_d = torch.optim.RMSprop(G.parameters(), lr=cfg.lr), torch.optim.RMSprop(D.parameters(), lr=cfg.lr)
+        opt_g = torch.optim.RMSprop(G.parameters(), lr=cfg.lr)
+        opt_d = torch.optim.RMSprop(D.parameters(), lr=cfg.lr_d or cfg.lr)
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z and alpha
     step, critic_updates = resume(cfg, env, G, D, opt_g, opt_d, batches)

@@ -102,6 +102,16 @@ def test_resume_is_exact(tmp_path, variant):
     assert [strip(l) for l in log_a] == [strip(l) for l in log_b]  # the same Wasserstein estimates, step by step
 
 
+@pytest.mark.parametrize("variant", ["gp", "clip"])
+def test_lr_d_sets_the_critics_rate_only(tmp_path, variant):
+    """--lr-d is the critic's learning rate (G keeps --lr); --lr-d 0, the default, gives the critic --lr."""
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "a", steps=1, variant=variant, lr=1e-4, lr_d=3e-4)),
+                            "WGAN")
+    assert state["opt_d"]["param_groups"][0]["lr"] == 3e-4 and state["opt_g"]["param_groups"][0]["lr"] == 1e-4
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "b", steps=1, variant=variant, lr=1e-4)), "WGAN")
+    assert state["opt_d"]["param_groups"][0]["lr"] == 1e-4
+
+
 def test_resume_refuses_the_other_variant(tmp_path):
     train.main(tiny_config(tmp_path / "run", steps=1))
     with pytest.raises(checkpoint.CheckpointError, match="--variant gp"):
@@ -148,6 +158,7 @@ def test_torchrun_two_processes_with_the_gradient_penalty(tmp_path):
     (["--critic-norm", "spectral"], "--critic-norm"),
     (["--n-critic", "0"], "--n-critic"),
     (["--clip", "0"], "--clip"),
+    (["--lr-d", "-1"], "--lr-d"),
     (["--precision", "fp8"], "--precision"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):
