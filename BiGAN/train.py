@@ -26,7 +26,8 @@ class TrainConfig(cli.RunConfig):
     """Train BiGAN (Donahue et al. 2017) / ALI (Dumoulin et al. 2017). Core flags come from shared.cli."""
     steps: int = 4000  # steps; one step = one D update + one joint E/G update
     out: str = "runs/bigan"  # run folder
-    lr: float = 2e-4  # Adam learning rate of E, G and D (BiGAN: 2e-4)
+    lr: float = 2e-4  # Adam learning rate of E and G (and of D if --lr-d is 0) (BiGAN: 2e-4)
+    lr_d: float = 4e-4  # Adam learning rate of D, twice E/G's (TTUR, Heusel et al. 2017; see README); 0 = --lr
     beta1: float = 0.5  # Adam beta1 (BiGAN and ALI: 0.5)
     beta2: float = 0.999  # Adam beta2 (BiGAN: 0.999; ALI: 1e-3)
     z_dim: int = Config.z_dim  # latent dimension
@@ -58,6 +59,8 @@ def check(cfg: TrainConfig) -> None:
     model_config(cfg, channels=3)  # validates image_size, encoder, d_norm, dropout
     if min(cfg.z_dim, cfg.g_width, cfg.e_width, cfg.d_width, cfg.d_joint) <= 0:
         raise ValueError("--z-dim, --g-width, --e-width, --d-width and --d-joint must be positive")
+    if cfg.lr <= 0 or cfg.lr_d < 0:
+        raise ValueError("--lr must be > 0 and --lr-d >= 0 (0 = --lr)")
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -69,7 +72,7 @@ def main(cfg: TrainConfig) -> Path:
     mcfg = model_config(cfg, data.channels)
     G, E, D = (net.to(device, memory_format=fmt) for net in build(mcfg, cfg.seed))
     opt_eg = torch.optim.Adam([*E.parameters(), *G.parameters()], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d or cfg.lr, betas=(cfg.beta1, cfg.beta2))
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z (and dropout masks)
     step = resume(cfg, env, G, E, D, opt_eg, opt_d, batches)

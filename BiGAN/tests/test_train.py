@@ -115,6 +115,14 @@ def test_torchrun_two_processes(tmp_path):
     assert all(torch.isfinite(v).all() for net in ("G", "E", "D") for v in state[net].values() if v.is_floating_point())
 
 
+def test_lr_d_is_ds_rate_and_zero_means_lr(tmp_path):
+    """--lr-d sets D's Adam rate only (E and G share --lr); --lr-d 0 gives D --lr too."""
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "a", steps=1, lr=1e-4, lr_d=3e-4)), "BiGAN")
+    assert state["opt_d"]["param_groups"][0]["lr"] == 3e-4 and state["opt_eg"]["param_groups"][0]["lr"] == 1e-4
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "b", steps=1, lr=1e-4, lr_d=0)), "BiGAN")
+    assert state["opt_d"]["param_groups"][0]["lr"] == 1e-4
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--image-size", "24"], "power of two"),
     (["--batch-size", "-4"], "--batch-size"),
@@ -123,6 +131,7 @@ def test_torchrun_two_processes(tmp_path):
     (["--encoder", "vae"], "--encoder"),
     (["--d-norm", "layer"], "--d-norm"),
     (["--d-joint", "0"], "--d-joint"),
+    (["--lr-d", "-1"], "--lr-d"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):
     """Parse-time errors, in-process (train.py's __main__ runs exactly this parse)."""
