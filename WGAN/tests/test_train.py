@@ -69,15 +69,17 @@ def test_clip_variant_keeps_every_critic_weight_in_range(tmp_path):
     assert all(r["grad_norm_mean"] > 0 for r in lines)
 
 
-def test_variant_chooses_its_learning_rate_and_n_critic_unless_given():
+def test_variant_chooses_its_learning_rates_and_n_critic_unless_given():
     cfg = train.TrainConfig(variant="clip")
     clip = train.apply_variant_defaults(cfg, ["--variant", "clip"])
-    assert (clip.lr, clip.n_critic) == (5e-5, 5)  # the original WGAN's RMSprop 5e-5, n_critic 5
+    assert (clip.lr, clip.lr_d, clip.n_critic) == (5e-5, 0.0, 5)  # the original WGAN: RMSprop 5e-5 for both, n_critic 5
+    assert train.apply_variant_defaults(cfg, ["--variant", "clip", "--lr-d", "1e-4"]).lr_d == cfg.lr_d
     assert train.apply_variant_defaults(cfg, ["--variant", "clip", "--lr", "3e-4"]).lr == cfg.lr
     assert train.apply_variant_defaults(cfg, ["--variant=clip", "--lr=3e-4"]).lr == cfg.lr
     assert train.apply_variant_defaults(cfg, ["--variant=clip", "--n-critic=2"]).n_critic == cfg.n_critic
-    gp = train.apply_variant_defaults(train.TrainConfig(n_critic=7), [])
-    assert (gp.lr, gp.n_critic) == (3e-4, 2)
+    gp = train.apply_variant_defaults(train.TrainConfig(n_critic=7, lr_d=0.0), [])
+    assert (gp.lr, gp.lr_d, gp.n_critic) == (3e-4, 6e-4, 1)  # the critic at twice G's rate, one update per G step
+    assert train.apply_variant_defaults(train.TrainConfig(lr_d=0.0), ["--lr-d=0"]).lr_d == 0.0  # the papers' one rate
     assert train.apply_variant_defaults(train.TrainConfig(n_critic=7), ["--n-critic", "7"]).n_critic == 7
 
 
@@ -104,11 +106,12 @@ def test_resume_is_exact(tmp_path, variant):
 
 @pytest.mark.parametrize("variant", ["gp", "clip"])
 def test_lr_d_sets_the_critics_rate_only(tmp_path, variant):
-    """--lr-d is the critic's learning rate (G keeps --lr); --lr-d 0, the default, gives the critic --lr."""
+    """--lr-d is the critic's learning rate (G keeps --lr); --lr-d 0 gives the critic --lr (both papers)."""
     state = checkpoint.load(train.main(tiny_config(tmp_path / "a", steps=1, variant=variant, lr=1e-4, lr_d=3e-4)),
                             "WGAN")
     assert state["opt_d"]["param_groups"][0]["lr"] == 3e-4 and state["opt_g"]["param_groups"][0]["lr"] == 1e-4
-    state = checkpoint.load(train.main(tiny_config(tmp_path / "b", steps=1, variant=variant, lr=1e-4)), "WGAN")
+    state = checkpoint.load(train.main(tiny_config(tmp_path / "b", steps=1, variant=variant, lr=1e-4, lr_d=0.0)),
+                            "WGAN")
     assert state["opt_d"]["param_groups"][0]["lr"] == 1e-4
 
 
