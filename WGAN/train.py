@@ -237,13 +237,9 @@ def apply_variant_defaults(cfg: TrainConfig, argv: list[str]) -> TrainConfig:
     """--lr / --lr-d / --n-critic not given on the command line -> the chosen variant's default (DEFAULT_LR, ...)."""
     def given(flag: str) -> bool:
         return any(a == flag or a.startswith(flag + "=") for a in argv)
-    if not given("--lr"):
-        cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.variant])
-    if not given("--lr-d"):
-        cfg = dataclasses.replace(cfg, lr_d=DEFAULT_LR_D[cfg.variant])
-    if not given("--n-critic"):
-        cfg = dataclasses.replace(cfg, n_critic=DEFAULT_N_CRITIC[cfg.variant])
-    return cfg
+    defaults = {"lr": DEFAULT_LR, "lr_d": DEFAULT_LR_D, "n_critic": DEFAULT_N_CRITIC}
+    return dataclasses.replace(cfg, **{field: table[cfg.variant] for field, table in defaults.items()
+                                       if not given("--" + field.replace("_", "-"))})
 
 
 if __name__ == "__main__":
