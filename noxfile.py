@@ -22,8 +22,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session(reuse_venv=True)
 def env(session: nox.Session) -> None:
-    """The one environment every other session uses: the project (shared + dependencies), editable."""
-    session.install("-e", ".")
+    """The one environment every other session uses: the project (shared + dependencies), editable, with the
+    test-only dependencies (the `test` extra)."""
+    session.install("-e", ".[test]")
 
 
 def env_python() -> str:

@@ -4,6 +4,10 @@ Datasets (`--dataset`):
   shapes         the embedded procedural dataset (shared/shapes.py), no files needed. train = 50,000
                  images from `seed`; test = 10,000 images from the fixed seed SHAPES_TEST_SEED. Labels
                  are the shape class; the generative factors come along for disentanglement metrics.
+  mnist          with no `root`: the copy embedded in this package (shared/mnist/, see its README):
+                 5,000 of the 60,000 training images (500 per class) and the 10,000 test images,
+                 read offline. With `root` (--data-root): torchvision's files under it (the full
+                 60,000 when they are the official files).
   mnist, fashion-mnist, cifar10
                  torchvision's files under `root` (--data-root); nothing is downloaded unless
                  download=True. Grayscale stays 1 channel. Resized with antialiased bilinear
@@ -13,9 +17,12 @@ Datasets (`--dataset`):
                  in PATH are ignored; otherwise the set is unlabelled (labels all 0, classes []). Each
                  image is resized (shorter side, bicubic) and centre-cropped to image_size x image_size
                  once, at load time. 1 channel if every file is stored as grayscale (PIL modes 1, L,
-                 LA), else RGB. Hidden files and folders are skipped; unreadable files are skipped with
-                 one warning line on stderr. A folder has no held-out part: `split` is ignored, so
-                 point folder: at a separate folder to evaluate on held-out images.
+                 LA, I;16, I, F), else RGB. 16-bit and 32-bit grey is scaled to 8 bits (65535 -> 255);
+                 transparent pixels are composited onto ALPHA_BACKGROUND (white), never shown with
+                 their hidden colour. Images upscaled more than 2x get one warning with a count.
+                 Hidden files and folders are skipped; unreadable files are skipped with one warning
+                 line on stderr that names the first few. A folder has no held-out part: `split` is
+                 ignored, so point folder: at a separate folder to evaluate on held-out images.
 
 Failures a user can fix (missing files, no network, bad folder) raise DataError with one line.
 """
@@ -46,7 +53,13 @@ SPLITS = ("train", "test")
 SHAPES_SIZES = {"train": 50_000, "test": 10_000}
 SHAPES_TEST_SEED = 0x5EED_7E57  # fixed: every run evaluates against the same shapes test set
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-GRAYSCALE_MODES = ("1", "L", "LA")
+GRAYSCALE_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel: scaled to 0..255
+ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+UPSCALE_WARNING = 2.0  # warn (once, with a count) about images whose shorter side is upscaled more than this
+SKIPPED_NAMED = 3  # the skipped-files warning names this many of them
+EMBEDDED_MNIST = Path(__file__).resolve().parent / "mnist"  # gzip IDX files, package data (see its README)
+MNIST_TRAIN_FULL = 60_000
 RESIZE_CHUNK = 4096  # images per interpolate call
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -70,6 +83,7 @@ class ImageData:
     factors: torch.Tensor | None = None  # (N, K) int64 generative factor levels, shapes only
     factor_names: tuple[str, ...] | None = None
     factor_sizes: tuple[int, ...] | None = None
+    source: str = ""  # where the images came from, for the run log and config.json
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -123,6 +137,8 @@ def load_dataset(name: str, root: str | None = None, image_size: int = 32, split
         return _load_shapes(image_size, split, seed)
     if name.startswith("folder:"):
         return _load_folder(name[len("folder:"):], image_size)
+    if name == "mnist" and not root:
+        return load_embedded_mnist(image_size, split)
     return _load_torchvision(name, root, image_size, split, download)
 
 
@@ -135,7 +151,43 @@ def _load_shapes(image_size: int, split: str, seed: int) -> ImageData:
     split_seed = seed if split == "train" else SHAPES_TEST_SEED
     images, labels, factors = shapes.make_shapes(SHAPES_SIZES[split], image_size, seed=split_seed)
     return ImageData(images, labels, list(shapes.CLASS_NAMES), factors,
-                     shapes.FACTOR_NAMES, shapes.FACTOR_SIZES)
+                     shapes.FACTOR_NAMES, shapes.FACTOR_SIZES,
+                     source=f"shapes, generated in memory (seed {split_seed})")
+
+
+MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
+                 "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"]  # torchvision's names
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: magic, dims, big-endian uint8 data), gzip-compressed or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: {data.size} bytes of data for dimensions {dims}")
+    return data.reshape(dims)
+
+
+def load_embedded_mnist(image_size: int, split: str) -> ImageData:
+    """The MNIST copy shipped with the package (no files needed): 5,000 training / 10,000 test images."""
+    prefix = "train" if split == "train" else "t10k"
+    try:
+        images = read_idx(EMBEDDED_MNIST / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(EMBEDDED_MNIST / f"{prefix}-labels-idx1-ubyte.gz")
+    except OSError as e:
+        raise DataError(f"the embedded MNIST copy under {EMBEDDED_MNIST} is missing ({e.strerror}); "
+                        f"reinstall the project or pass --data-root with torchvision's MNIST/") from None
+    n = len(images)
+    of = f" of the {MNIST_TRAIN_FULL:,} training images" if split == "train" else " test images"
+    return ImageData(resize_uint8(torch.from_numpy(images.copy()).unsqueeze(1), image_size),
+                     torch.from_numpy(labels.astype(np.int64)), list(MNIST_CLASSES),
+                     source=f"embedded MNIST copy ({EMBEDDED_MNIST}): {n:,}{of}")
 
 
 def resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -202,7 +254,8 @@ def _load_torchvision(name: str, root: str | None, image_size: int, split: str,
     data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(ds.data)
     images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # (N, C, H, W)
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-    return ImageData(resize_uint8(images, image_size), labels, list(ds.classes))
+    return ImageData(resize_uint8(images, image_size), labels, list(ds.classes),
+                     source=f"torchvision {name} files under {root_path}: {len(labels):,} {split} images")
 
 
 # ----------------------------------------------------------------------------- folder:PATH
@@ -232,14 +285,30 @@ def _list_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, [c for c, _ in class_files]
 
 
-def _read_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool] | None:
-    """(uint8 (3, S, S) resized + centre-cropped, is_grayscale), or None if the file is unreadable."""
+def _to_rgb(img) -> "Image.Image":
+    """Any PIL image -> 8-bit RGB: wide grey scaled to 8 bits, transparency composited onto ALPHA_BACKGROUND."""
+    from PIL import Image
+
+    if img.mode in WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and values.max(initial=0) <= 1.0 else 255.0 if img.mode == "F" else 65535.0
+        return Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info) or \
+            (img.mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _read_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool, float] | None:
+    """(uint8 (3, S, S) resized + centre-cropped, is_grayscale, upscale factor), or None if unreadable."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             grayscale = img.mode in GRAYSCALE_MODES
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = _to_rgb(ImageOps.exif_transpose(img))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     w, h = img.size
@@ -248,7 +317,7 @@ def _read_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool] | None
     img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
     img = img.crop((left, top, left + image_size, top + image_size))
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1), grayscale
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1), grayscale, scale
 
 
 def _load_folder(spec: str, image_size: int) -> ImageData:
@@ -259,21 +328,31 @@ def _load_folder(spec: str, image_size: int) -> ImageData:
     files, labels, classes = _list_folder(folder)
     if not files:
         raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found under {folder}")
-    images, kept, grayscale = [], [], []
+    images, kept, grayscale, skipped, upscaled = [], [], [], [], 0
     for path, label in zip(files, labels):
         result = _read_image(path, image_size)
-        if result is not None:
-            images.append(result[0])
-            grayscale.append(result[1])
-            kept.append(label)
-    if len(kept) < len(files):
-        print(f"warning: skipped {len(files) - len(kept)} unreadable image files in {folder}", file=sys.stderr)
+        if result is None:
+            skipped.append(path)
+            continue
+        images.append(result[0])
+        grayscale.append(result[1])
+        kept.append(label)
+        upscaled += result[2] > UPSCALE_WARNING
+    if skipped:
+        named = ", ".join(str(p.relative_to(folder)) for p in skipped[:SKIPPED_NAMED])
+        more = f" and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+        print(f"warning: skipped {len(skipped)} unreadable image files in {folder}: {named}{more}", file=sys.stderr)
+    if upscaled:
+        print(f"warning: {upscaled} of {len(kept)} images in {folder} are smaller than {image_size / UPSCALE_WARNING:g} "
+              f"pixels on their shorter side and were upscaled more than {UPSCALE_WARNING:g}x to {image_size}x"
+              f"{image_size} (blurry; consider a smaller --image-size)", file=sys.stderr)
     if not kept:
         raise DataError(f"none of the {len(files)} image files under {folder} could be read")
     stacked = torch.stack(images)  # (N, 3, S, S)
     if all(grayscale):
         stacked = stacked[:, :1].contiguous()  # gray -> RGB copied the gray value into each channel
-    return ImageData(stacked, torch.tensor(kept, dtype=torch.int64), classes)
+    return ImageData(stacked, torch.tensor(kept, dtype=torch.int64), classes,
+                     source=f"folder {folder}: {len(kept):,} images" + (f" in {len(classes)} classes" if classes else ""))
 
 
 # ----------------------------------------------------------------------------- batches

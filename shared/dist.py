@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as torch_dist
@@ -41,21 +46,106 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_amx() -> bool:
-    """True when the CPU has AMX bf16 tile units (the only CPUs where bf16 autocast is faster than fp32)."""
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), e.g. 'AMD EPYC 9454 48-Core Processor'."""
     try:
         with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return False
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_flags() -> str:
+    """The bf16-relevant CPU features, e.g. 'avx2 avx512f avx512_bf16' or 'avx2 (no avx512_bf16, no amx)'."""
+    flags = cpu_flags()
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    lacking = [f"no {f}" for f in ("avx512_bf16", "amx_bf16") if f not in flags]
+    return " ".join(have) + (f" ({', '.join(lacking)})" if lacking else "")
+
+
+def _probe_seconds(bf16: bool, reps: int = 3, give_up_after: float = float("inf")) -> float:
+    """Best-of-reps time of a forward + backward of a conv (64 -> 64 channels, 3x3, batch 16 at 16x16,
+    channels_last) and a 128 x 512 x 512 matmul, typical layer sizes of this project's CPU models; stops early
+    once one repetition takes longer than `give_up_after` seconds (bf16 has clearly lost)."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 64, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, generator=gen, requires_grad=True)
+    a = torch.randn(128, 512, generator=gen)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first repetition warms up
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = conv(x).float().square().mean() + (a @ w).float().square().mean()
+        loss.backward()
+        elapsed = time.perf_counter() - start
+        best = min(best, elapsed)
+        if elapsed > give_up_after:
+            break
+    return best
+
+
+def probe_bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of the probe on this CPU with the current thread count (> 1: bf16 wins).
+    Well under a second: where bf16 is emulated (AVX2 only, 4-20x slower) it stops after one slow repetition."""
+    fp32 = _probe_seconds(False)
+    return fp32 / _probe_seconds(True, give_up_after=4 * fp32)
+
+
+BF16_MARGIN = 1.1  # bf16 must be at least this much faster than fp32 to be chosen (it costs some precision)
+
+
+def precision_cache_path() -> Path:
+    """Where the CPU's bf16 verdict is cached ($GENMODELS_CACHE, else ~/.cache/generative-models)."""
+    root = os.environ.get("GENMODELS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+        "generative-models"
+    return Path(root) / "precision.json"
+
+
+def cpu_bf16_is_faster(cache: Path | None = None, probe: Callable[[], float] = probe_bf16_speedup) -> bool:
+    """Measured, not assumed: the probe's verdict for this CPU model, torch version and thread count, cached."""
+    cache = cache or precision_cache_path()
+    key = f"{cpu_model()} | {bf16_flags()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    try:
+        verdicts = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        verdicts = {}
+    if key not in verdicts:
+        speedup = probe()
+        verdicts[key] = {"bf16_speedup": round(speedup, 3), "bf16": speedup >= BF16_MARGIN}
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(verdicts, indent=1, sort_keys=True) + "\n")
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only home only costs the probe again next time
+    return bool(verdicts[key]["bf16"])
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA or on AMX CPUs (measured ~10x faster matmuls), else fp32."""
+    """'auto' -> bf16 on CUDA with bf16 support, or on a CPU where the measured probe says bf16 autocast is at
+    least BF16_MARGIN times faster (cpu_bf16_is_faster); else fp32."""
     if precision != "auto":
         return precision
-    fast_bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_has_amx())
-    return "bf16" if fast_bf16 else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_bf16_is_faster() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -101,6 +191,16 @@ def gather_objects(obj: object, dist: Dist) -> list:
     out: list = [None] * dist.world_size
     torch_dist.all_gather_object(out, obj)
     return out
+
+
+def all_max(values: list[float], dist: Dist) -> list[float]:
+    """Element-wise maximum of `values` over all ranks (the values themselves single-process): how ranks agree
+    on a decision, e.g. 'stop' if any rank was signalled."""
+    if not dist.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device if dist.device.type == "cuda" else "cpu")
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def barrier(dist: Dist) -> None:

@@ -183,3 +183,51 @@ def print_table(record: dict, log: Callable[[str], None] = print) -> None:
             log(f"  {key:28s} {value:12.4g}{extra}")
         elif isinstance(value, (int, str)):
             log(f"  {key:28s} {value!s:>12}")
+
+
+# ----------------------------------------------------------------------------- evaluate.py's command line
+
+@dataclass
+class EvalConfig:
+    """The flags every evaluate.py shares; a folder subclasses it to set its --checkpoint default."""
+    checkpoint: str = "runs/default"  # run folder (its latest checkpoint) or checkpoint file
+    num: int = 2000  # samples (and real images per reference set)
+    data_root: str = ""  # where the dataset lives (default: the one the run trained with)
+    seed: int = 0  # seeds the samples and the real subsets
+    inception_weights: str = ""  # local Inception-v3 weights (torchvision or pytorch-fid file) instead of the classifier
+    threads: int = 0  # CPU threads (0 = torch's default)
+
+
+def check_eval_config(cfg: EvalConfig) -> None:
+    """ValueError (one line) for values no evaluation can take."""
+    if cfg.num < 10 or cfg.threads < 0:
+        raise ValueError("--num must be >= 10 and --threads >= 0")
+
+
+def evaluate_checkpoint(model: str, family: str, caps: Capabilities, cfg: EvalConfig, train_config: dict,
+                        params: int, **kwargs) -> dict:
+    """evaluate() with what every evaluate.py passes: the run's dataset and size, the run folder, its logged
+    training speed, and Inception features when --inception-weights is given."""
+    from shared.features import inception_extractor
+
+    run = run_dir_of(cfg.checkpoint)
+    return evaluate(model, family, caps, dataset=train_config["dataset"],
+                    data_root=cfg.data_root or train_config.get("data_root") or None,
+                    image_size=train_config["image_size"], num=cfg.num, seed=cfg.seed, run_dir=run, params=params,
+                    train_images_per_s=train_throughput(run),
+                    extractor=inception_extractor(cfg.inception_weights) if cfg.inception_weights else None,
+                    **kwargs)
+
+
+def cli_main(config_cls: type, main: Callable[[EvalConfig], dict], argv: list[str] | None = None) -> None:
+    """An evaluate.py's `__main__`: parse the flags, set the threads, run main, errors as one line (exit 2)."""
+    from shared import checkpoint, cli
+    from shared.data import DataError
+
+    cfg = cli.parse(config_cls, argv, check=check_eval_config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        main(cfg)
+    except (DataError, checkpoint.CheckpointError) as err:
+        cli.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)

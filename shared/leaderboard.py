@@ -1,8 +1,9 @@
 """Train every model folder with the same CPU budget on the same data, evaluate each the same way, and write
 LEADERBOARD.md (one table) plus LEADERBOARD.png (a chart).
 
-    nox -s leaderboard                                   # shapes, 10 minutes per model
-    nox -s leaderboard -- --minutes 5 --data-root ../shared/datasets   # + MNIST
+    nox -s leaderboard                                   # MNIST (embedded) and shapes, 10 minutes per model
+    nox -s leaderboard -- --datasets mnist               # MNIST only
+    nox -s leaderboard -- --data-root DIR                # MNIST from torchvision's files under DIR (e.g. all 60,000)
     python -m shared.leaderboard --models DCGAN --minutes 2 --num 1000
 
 A model folder takes part as soon as it has train.py and evaluate.py: each is run as a user would run it,
@@ -40,7 +41,7 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
     folder, out = ROOT / model, f"runs/leaderboard/{dataset}"
     if train_first:
         shutil.rmtree(folder / out, ignore_errors=True)
-    data_flags = ["--dataset", dataset] + (["--data-root", data_root] if data_root else [])
+    data_flags = ["--dataset", dataset] + (["--data-root", data_root] if data_root and dataset == "mnist" else [])
     train = [sys.executable, "train.py", *data_flags, "--minutes", str(minutes), "--steps", "100000000",
              "--out", out, "--threads", str(threads), "--resume", ""]
     evaluate = [sys.executable, "evaluate.py", "--checkpoint", out, "--num", str(num), "--threads", str(threads)]
@@ -53,13 +54,14 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
     return {**json.loads(lines[-1]), "minutes": minutes}
 
 
-def markdown(records: dict[str, list[dict]], minutes: float, num: int) -> str:
+def markdown(records: dict[str, list[dict]], minutes: float, num: int, machine: str = "") -> str:
     """LEADERBOARD.md: one table (a row per model and dataset), the protocol stated above it."""
     text = ["# Leaderboard", "",
             f"Every model trained for **{minutes:g} minutes** of wall-clock on this machine's CPU with its default "
             f"flags, then evaluated by `evaluate.py --num {num}` (shared/evaluation.py). FID, precision and "
             "recall use the dataset's own classifier features (listed below the table); the floor is the FID "
             "between two disjoint real sets of the same size. Written by `nox -s leaderboard`; do not edit.", "",
+            *([f"Measured on: {machine}.", ""] if machine else []),
             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     rows = [r for dataset_rows in records.values() for r in dataset_rows]
     for r in rows:
@@ -95,14 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per model and dataset")
     p.add_argument("--num", type=int, default=2000, help="samples per model for the metrics")
-    p.add_argument("--data-root", default="", help="also run MNIST from this folder (holds MNIST/)")
+    p.add_argument("--datasets", nargs="+", default=["mnist", "shapes"], choices=["mnist", "shapes"],
+                   help="datasets to train and evaluate on (mnist = the embedded copy unless --data-root)")
+    p.add_argument("--data-root", default="", help="read MNIST from torchvision's files under this folder instead")
     p.add_argument("--models", nargs="*", help="subset of model folders (default: all that exist)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     p.add_argument("--skip-training", action="store_true",
                    help="re-evaluate the runs a previous leaderboard trained (e.g. after a metric change)")
     p.add_argument("--out", default=str(ROOT / "LEADERBOARD.md"))
     args = p.parse_args(argv)
-    datasets = ["shapes"] + (["mnist"] if args.data_root else [])
+    datasets = args.datasets
     data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
     records: dict[str, list[dict]] = {}
     for dataset in datasets:
@@ -113,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         sys.exit("no model finished; nothing to write")
     out = Path(args.out)
-    out.write_text(markdown(records, args.minutes, args.num))
+    from shared.bench import cpu_line
+
+    out.write_text(markdown(records, args.minutes, args.num, f"{cpu_line(args.threads)}, one run at a time"))
     chart(records, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

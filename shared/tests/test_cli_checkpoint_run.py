@@ -21,7 +21,7 @@ class ToyConfig(cli.RunConfig):
 
 def test_flags_defaults_and_help_from_comments(capsys):
     cfg = cli.parse(ToyConfig, ["--batch-size", "3", "--width", "7", "--use-ema", "--data-root", "/d"])
-    assert (cfg.batch_size, cfg.width, cfg.use_ema, cfg.data_root, cfg.dataset) == (3, 7, True, "/d", "shapes")
+    assert (cfg.batch_size, cfg.width, cfg.use_ema, cfg.data_root, cfg.dataset) == (3, 7, True, "/d", "mnist")
     with pytest.raises(SystemExit) as e:
         cli.parse(ToyConfig, ["--help"])
     assert e.value.code == 0

@@ -37,3 +37,19 @@ def test_run_model_trains_in_an_emptied_run_folder_then_reads_the_evaluation(tmp
     again = leaderboard.run_model("Toy", "shapes", "", minutes=0.1, num=10, threads=1, train_first=False)
     assert again["fid"] == 3.0 and len((model / "runs" / "leaderboard" / "shapes" / "eval.jsonl")
                                        .read_text().splitlines()) == 2
+
+
+def test_default_protocol_covers_embedded_mnist_and_shapes_without_a_data_root(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(model, dataset, data_root, minutes, num, threads, train_first=True):
+        calls.append((model, dataset, data_root))
+        return {"model": model, "family": "GAN", "dataset": dataset, "fid": 1.0, "fid_floor": 0.5,
+                "extractor": f"classifier:{dataset}", "num_samples": num}
+
+    monkeypatch.setattr(leaderboard, "participating", lambda models: ["DCGAN"])
+    monkeypatch.setattr(leaderboard, "run_model", fake_run)
+    leaderboard.main(["--out", str(tmp_path / "LB.md")])
+    assert calls == [("DCGAN", "mnist", ""), ("DCGAN", "shapes", "")]
+    text = (tmp_path / "LB.md").read_text()
+    assert "| DCGAN | GAN | mnist |" in text and "Measured on: CPU: " in text
