@@ -108,20 +108,20 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     datasets = args.datasets
     data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
-    records: dict[str, list[dict]] = {}
-    for dataset in datasets:
-        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
-                for m in participating(args.models)]
-        records[dataset] = [r for r in rows if r is not None]
-    records = {d: rows for d, rows in records.items() if rows}
-    if not records:
-        sys.exit("no model finished; nothing to write")
-    out = Path(args.out)
     from shared.bench import cpu_line
 
-    out.write_text(markdown(records, args.minutes, args.num, f"{cpu_line(args.threads)}, one run at a time"))
-    chart(records, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    machine = f"{cpu_line(args.threads)}, one run at a time"
+    out, records = Path(args.out), {}
+    for dataset in datasets:  # the table is rewritten after each dataset: a cut-short run keeps what it measured
+        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
+                for m in participating(args.models)]
+        if any(r is not None for r in rows):
+            records[dataset] = [r for r in rows if r is not None]
+            out.write_text(markdown(records, args.minutes, args.num, machine))
+            chart(records, out.with_suffix(".png"))
+            print(f"wrote {out} and {out.with_suffix('.png')} ({', '.join(records)})", flush=True)
+    if not records:
+        sys.exit("no model finished; nothing to write")
 
 
 if __name__ == "__main__":
