@@ -5,8 +5,8 @@ A model folder never imports another one; code it shares with one is copied, wit
     # Copied from DCGAN/sample.py: save_images
     def save_images(...):                          # must stay identical to DCGAN/sample.py's save_images
 
-    # Copied from DCGAN/train.py: CollapseWatch with D(G(z))->D(G(z), E(x))
-    class CollapseWatch:                           # identical after the replacements (old->new, comma-separated)
+    # Copied from DCGAN/train.py: CollapseWatch with D(G(z))->D(G(z), z); README->BiGAN README
+    class CollapseWatch:                           # identical after the replacements (old->new; old2->new2)
 
     # Adapted from DCGAN/model.py (Generator): adds the class embedding
     class Generator(nn.Module):                    # a note only: adapted code is not checked
@@ -58,7 +58,7 @@ def node_text(lines: list[str], node: ast.AST) -> str:
 
 def parse_replacements(text: str | None) -> list[tuple[str, str]]:
     pairs = []
-    for part in (text or "").split(","):
+    for part in (text or "").split(";"):
         if "->" in part:
             old, new = part.split("->", 1)
             pairs.append((old.strip(), new.strip()))

@@ -128,10 +128,13 @@ def train_throughput(run_dir: str | Path) -> float | None:
 def evaluate(model: str, family: str, caps: Capabilities, *, dataset: str, data_root: str | None, image_size: int,
              num: int = 2000, seed: int = 0, run_dir: str | Path | None = None, params: int | None = None,
              train_images_per_s: float | None = None, extractor: Extractor | None = None,
-             memorisation_reference: int = MEMORISATION_REFERENCE, log: Callable[[str], None] = print) -> dict:
+             memorisation_reference: int = MEMORISATION_REFERENCE, log: Callable[[str], None] = print,
+             extra: Callable[[dict, ImageData, ImageData], dict] | None = None) -> dict:
     """Every metric that applies to `caps`; prints a table, appends to <run_dir>/eval.jsonl, returns the record.
 
     Memorisation searches subset(train, memorisation_reference, seed + 2) for each sample's nearest neighbour.
+    `extra(record, reference_set, held_out_set)` may return a folder's own figures (e.g. baselines), added to
+    the record before it is printed and written.
     """
     torch.manual_seed(seed)
     train = load_dataset(dataset, data_root, image_size, "train", seed=0)
@@ -162,6 +165,8 @@ def evaluate(model: str, family: str, caps: Capabilities, *, dataset: str, data_
             record.update(disentanglement(caps.encode, held, image_size))
     if caps.bits_per_dim is not None:
         record["bits_per_dim"] = torch.cat([caps.bits_per_dim(x) for x in held.images.split(250)]).mean().item()
+    if extra is not None:
+        record.update(extra(record, ref, held))
     record["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_table(record, log)
     if run_dir is not None:

@@ -192,23 +192,29 @@ class Saver:
 
 
 class NonFiniteGuard:
-    """finite(step, loss=...) -> False (skip this update) when a loss is nan or inf on any rank; `patience`
-    such steps in a row raise TrainingDiverged. The decision is agreed by all ranks, so DDP replicas never
-    apply different updates."""
+    """finite(step, loss=...) -> False (skip this update) when a loss is nan or inf on any rank. A loss that is
+    non-finite `patience` times in a row (counted per loss name, so a D loss that is nan at every step is caught
+    even while G's loss stays finite) raises TrainingDiverged. The decision is agreed by all ranks, so DDP
+    replicas never apply different updates."""
 
     def __init__(self, env: distributed.Dist, log: RunLog | None = None, patience: int = 5) -> None:
         self.env, self.log, self.patience = env, log, patience
-        self.in_a_row = 0
+        self.counts: dict[str, int] = {}  # loss name -> non-finite values in a row
         self.skipped = 0
+
+    @property
+    def in_a_row(self) -> int:
+        return max(self.counts.values(), default=0)
 
     def finite(self, step: int, **losses: torch.Tensor) -> bool:
         """True when every loss is finite on every rank; `step` = steps done before this update."""
         values = [float(v.detach().float()) for v in losses.values()]
         bad_here = [name for name, v in zip(losses, values) if not math.isfinite(v)]
         if distributed.all_max([float(bool(bad_here))], self.env)[0] == 0:
-            self.in_a_row = 0
+            self.counts.update({name: 0 for name in losses})
             return True
-        self.in_a_row += 1
+        for name in losses:
+            self.counts[name] = self.counts.get(name, 0) + 1
         self.skipped += 1
         what = ", ".join(bad_here) if bad_here else "a loss on another rank"
         if self.log is not None:

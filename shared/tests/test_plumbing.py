@@ -303,6 +303,8 @@ def test_replacements_and_missing_sources(tmp_path):
     assert copies.check(renamed) == []
     gone = make_repo(tmp_path / "g", "def helper(x):\n    return x + 1\n", "# Copied from A/model.py: nothing")
     assert "has no nothing" in copies.check(gone)[0]
+    assert copies.parse_replacements("D(G(z))->D(G(z), z); README->BiGAN README") == [
+        ("D(G(z))", "D(G(z), z)"), ("README", "BiGAN README")]
 
 
 def test_every_marked_copy_in_the_project_matches_its_source():

@@ -93,6 +93,16 @@ def test_guard_skips_non_finite_losses_and_stops_after_patience(tmp_path):
     assert guard.skipped == 5
 
 
+def test_guard_counts_each_loss_on_its_own():
+    """D's loss nan at every step, G's finite in between: still diverged after `patience` steps."""
+    guard = training.NonFiniteGuard(ONE, patience=3)
+    with pytest.raises(training.TrainingDiverged):
+        for step in range(10):
+            assert not guard.finite(step, loss_d=torch.tensor(float("nan")))
+            assert guard.finite(step, loss_g=torch.tensor(1.0))
+    assert step == 2
+
+
 def test_saver_never_writes_non_finite_weights_over_a_good_checkpoint(tmp_path, capsys):
     cfg = ToyConfig(out=str(tmp_path / "run"))
     modules, optimizers, batches = toy_parts(cfg)
