@@ -12,7 +12,6 @@ Prints and appends to <run>/eval.jsonl:
     of the same architecture, initialised exactly as train.py initialised this run's E (same seed), so the
     difference is what adversarial training taught E.
 """
-# Adapted from DCGAN/evaluate.py: flags and the shared-harness call; the capabilities are this model's.
 from __future__ import annotations
 
 import json
@@ -23,45 +22,33 @@ import torch
 
 from model import Config, encode, reconstruct, sample
 from sample import load_models
-from shared import checkpoint, cli, metrics
-from shared.data import DataError, load_dataset, to_float
-from shared.evaluation import Capabilities, evaluate, representation, run_dir_of, subset, train_throughput
-from shared.features import inception_extractor
+from shared import evaluation, metrics
+from shared.data import load_dataset, to_float
+from shared.evaluation import Capabilities, representation, subset
 from train import build
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(evaluation.EvalConfig):
     """Evaluate a BiGAN checkpoint."""
     checkpoint: str = "runs/bigan"  # run folder (its latest checkpoint) or checkpoint file
-    num: int = 2000  # samples (and real images per reference set)
-    data_root: str = ""  # where the dataset lives (default: the one the run trained with)
-    seed: int = 0  # seeds the samples and the real subsets
-    inception_weights: str = ""  # local Inception-v3 weights (torchvision or pytorch-fid file) instead of the classifier
-    threads: int = 0  # CPU threads (0 = torch's default)
 
 
 def main(cfg: EvalConfig) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     G, E, state = load_models(cfg.checkpoint, torch.device("cpu"))
-    train_cfg, run = state["config"], run_dir_of(cfg.checkpoint)
-    dataset, image_size = train_cfg["dataset"], train_cfg["image_size"]
-    data_root = cfg.data_root or train_cfg["data_root"] or None
+    train_cfg = state["config"]
     caps = Capabilities(sample=lambda n, gen: sample(G, n, rng=gen), encode=lambda x: encode(E, x),
                         reconstruct=lambda x: reconstruct(G, E, x))
-    record = evaluate("BiGAN", "GAN", caps, dataset=dataset, data_root=data_root, image_size=image_size,
-                      num=cfg.num, seed=cfg.seed, run_dir=None,
-                      params=sum(p.numel() for net in (G, E) for p in net.parameters()),
-                      train_images_per_s=train_throughput(run),
-                      extractor=inception_extractor(cfg.inception_weights) if cfg.inception_weights else None)
-    record.update(baselines(G, state, dataset, data_root, image_size, cfg.num, cfg.seed))
-    print("  BiGAN encoder vs the same encoder untrained (random init, seed %d):" % train_cfg["seed"])
+    record = evaluation.evaluate_checkpoint("BiGAN", "GAN", caps, cfg, train_cfg,
+                                            params=sum(p.numel() for net in (G, E) for p in net.parameters()))
+    record.update(baselines(G, state, train_cfg["dataset"], cfg.data_root or train_cfg["data_root"] or None,
+                            train_cfg["image_size"], cfg.num, cfg.seed))
+    print(f"  BiGAN encoder vs the same encoder untrained (random init, seed {train_cfg['seed']}):")
     for key in ("linear_probe", "knn"):
         print(f"    {key:26s} {record[key]:8.4f}   random init {record[key + '_random_init']:8.4f}")
     print(f"    {'reconstruction MSE':26s} {record['mse']:8.4f}   random sample G(z) {record['mse_random_sample']:8.4f}")
-    with open(Path(run) / "eval.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    # the harness appended its record; this one adds the baselines (until evaluate() takes extra figures itself)
+    replace_last_record(evaluation.run_dir_of(cfg.checkpoint) / "eval.jsonl", record)
     return record
 
 
@@ -82,14 +69,11 @@ def baselines(G, state: dict, dataset: str, data_root: str | None, image_size: i
             "mse_random_sample": metrics.mse_psnr(x, fake)[0]}
 
 
-def check(cfg: EvalConfig) -> None:
-    if cfg.num < 10 or cfg.threads < 0:
-        raise ValueError("--num must be >= 10 and --threads >= 0")
+def replace_last_record(path: Path, record: dict) -> None:
+    """Rewrite the last line of eval.jsonl (the harness's record of this evaluation) as `record`."""
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
 
 
 if __name__ == "__main__":
-    config = cli.parse(EvalConfig, check=check)
-    try:
-        main(config)
-    except (DataError, checkpoint.CheckpointError) as err:
-        cli.fail(str(err).splitlines()[0])
+    evaluation.cli_main(EvalConfig, main)

@@ -38,28 +38,24 @@ Networks (DCGAN-style, sized from image_size with one stride-2 layer per doublin
     a 2-layer MLP embedding of z -> a d_joint vector, concatenated into a 2-layer MLP head -> one logit, so it
     can learn which code belongs to which image. Real and fake pairs go through D as one batch (judge_pairs,
     as in ALI's code). D uses spectral normalisation (Miyato et al. 2018) on every layer and ALI's dropout
-    (0.2) on every hidden layer, and no BatchNorm (d_norm="spectral"). Measured on shapes (README): without
-    dropout E collapses to a few codes; ALI's BatchNorm D (d_norm="batch") overpowers E and G within
-    100 steps (D(x, E(x)) -> 1, D(G(z), z) -> 0).
+    (0.2) on every hidden layer, and no BatchNorm (d_norm="spectral"); the README says why.
 
 Conventions: images in [-1, 1], shape (B, C, H, W); codes (B, z_dim); losses are means over the batch;
 z ~ N(0, I).
 
 Deviations:
   * z ~ N(0, I) (ALI) instead of BiGAN's U[-1, 1]; E's output is unbounded. Default z_dim 16 (BiGAN: 50 on
-    MNIST, 200 on ImageNet; ALI: 64-256): it trained faster on shapes than 64.
+    MNIST, 200 on ImageNet; ALI: 64-256), a tuned choice (README).
   * Spectral norm in D (in neither paper) instead of BatchNorm (ALI's D(x)); d_norm="batch" is ALI's choice.
   * Dropout in D's conv layers drops whole channels (Dropout2d: a (B, C) mask), in its MLP layers single
-    units. ALI drops units everywhere; on CPU, drawing a random number per activation of the conv maps costs
-    more than the convolutions themselves.
+    units. ALI drops units everywhere; per-activation masks on the conv maps are slow on CPU (README).
   * Convolutional DCGAN-style networks at 32x32 for every dataset (BiGAN's MNIST model is an MLP, its
     ImageNet E an AlexNet). 4x4 "valid" convolutions on 4x4 maps are written as flatten + linear (the same
     function, faster on CPU); D's head is an MLP on the joint vector (ALI uses 1x1 convs, the same thing).
   * Losses on logits (log-sigmoid form): the same function as sigmoid + BCE, numerically stable.
   * D learns twice as fast as E and G by default (train.py --lr-d 4e-4 against --lr 2e-4, the two time-scale
-    update rule of Heusel et al. 2017; both papers use one rate): it lowers the 10-minute FID on shapes and
-    MNIST, at some cost to the encoder's probe accuracy on MNIST (README). The game is unchanged, only how fast
-    each player moves.
+    update rule of Heusel et al. 2017; both papers use one rate), a tuned default whose measured effect is in
+    the README. The game is unchanged, only how fast each player moves.
 """
 from __future__ import annotations
 
@@ -80,7 +76,7 @@ D_NORMS = ("spectral", "batch", "none")
 class Config:
     image_size: int = 32  # H = W, a power of two >= 16
     channels: int = 3  # image channels (3 RGB, 1 grayscale)
-    z_dim: int = 16  # latent dimension (shapes has 6 factors; 16 trained faster and inverted better than 64)
+    z_dim: int = 16  # latent dimension (BiGAN: 50 on MNIST; tuned, see README)
     g_width: int = 32  # G's channels just before the output layer
     e_width: int = 32  # E's channels after its input layer
     d_width: int = 32  # channels of D's first conv layer (x path)

@@ -1,24 +1,25 @@
 """Train BiGAN / ALI.  `python train.py --help` lists every flag.
 
-    python train.py                                                # shapes, 32x32, ~6-10 minutes on 2 CPU cores
-    python train.py --dataset mnist --data-root ../shared/datasets # MNIST digits
-    python train.py --encoder gaussian                             # ALI's reparameterised Gaussian encoder
-    torchrun --nproc_per_node=2 train.py                           # data-parallel (one process per core / GPU)
+    python train.py                                   # MNIST (embedded copy), 32x32, 4,000 steps, ~10 minutes on 2 CPU cores
+    python train.py --dataset shapes                  # the synthetic shapes dataset (known factors)
+    python train.py --encoder gaussian                # ALI's reparameterised Gaussian encoder
+    torchrun --nproc_per_node=2 train.py              # data-parallel (one process per core / GPU)
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from model import (Config, Discriminator, Encoder, Generator, discriminator_loss, encoder_generator_loss,
-                   judge_pairs, reconstruct, sample)
-from shared import checkpoint, cli, dist as distributed
-from shared.data import BatchIterator, DataError, load_dataset, to_float
-from shared.run import RunLog, save_config
+                   judge_pairs, sample)
+from sample import reconstruction_grid
+from shared import cli, dist as distributed, training
+from shared.data import BatchIterator, load_dataset, to_float
+from shared.run import RunLog
+
+MONITOR_IMAGES = 32  # fixed training images in the reconstruction grids (fewer if the dataset is smaller)
 
 
 @dataclass
@@ -63,6 +64,34 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError("--lr must be > 0 and --lr-d >= 0 (0 = --lr)")
 
 
+# Copied from DCGAN/train.py: CollapseWatch
+class CollapseWatch:
+    """Warns when D has won outright, a failure that ends long GAN runs (the folder's README, Known limits).
+
+    update() returns a warning, once per episode, when every D(G(z)) logged over the last `span` steps is below
+    `threshold`. The defaults come from DCGAN's measured shapes and MNIST runs (DCGAN/EXPERIMENTS.md): in its
+    10-minute runs and the first 10,000 steps of its 45-minute shapes run, every 500-step stretch logged a D(G(z))
+    of 0.06 or more; that 45-minute run logged none above 0.01 after step 10,450 and G drew one image for every z
+    by step 12,500. Replayed through this class, its metrics.jsonl warns at step 10,950.
+    """
+
+    def __init__(self, start_step: int, threshold: float = 0.01, span: int = 500) -> None:
+        self.threshold, self.span = threshold, span
+        self.last_high = start_step  # last step with D(G(z)) >= threshold (or the first step of this process)
+        self.warned = False
+
+    def update(self, step: int, d_fake: float) -> str | None:
+        if d_fake >= self.threshold:
+            self.last_high, self.warned = step, False
+            return None
+        if self.warned or step - self.last_high < self.span:
+            return None
+        self.warned = True
+        return (f"warning: D(G(z)) has stayed below {self.threshold} since step {self.last_high}: D is winning "
+                f"outright and G usually collapses to one image soon after; the periodic checkpoints "
+                f"(checkpoints/step_*.pt) from before step {self.last_high} hold G before it (README, Known limits)")
+
+
 def main(cfg: TrainConfig) -> Path:
     """Train, checkpointing to cfg.out; returns the run folder."""
     env = distributed.setup(cfg.device, cfg.threads)
@@ -75,28 +104,21 @@ def main(cfg: TrainConfig) -> Path:
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d or cfg.lr, betas=(cfg.beta1, cfg.beta2))
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z (and dropout masks)
-    step = resume(cfg, env, G, E, D, opt_eg, opt_d, batches)
+    modules, optimizers = {"G": G, "E": E, "D": D}, {"opt_eg": opt_eg, "opt_d": opt_d}
+    step = training.resume(cfg, env, "BiGAN", modules, optimizers, batches)
     fixed_z = torch.randn(64, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    monitor_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:32]
-    fixed_x = to_float(data.images[monitor_idx]).to(device)  # 32 fixed training images for the reconstruction monitor
+    monitor_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:MONITOR_IMAGES]
+    fixed_x = to_float(data.images[monitor_idx]).to(device)  # fixed training images for the reconstruction grids
 
-    def state() -> dict:
-        rngs = distributed.gather_objects(checkpoint.rng_state(), env)
-        return {"model": "BiGAN", "step": step, "config": dataclasses.asdict(cfg),
-                "model_config": dataclasses.asdict(mcfg), "G": G.state_dict(), "E": E.state_dict(),
-                "D": D.state_dict(), "opt_eg": opt_eg.state_dict(), "opt_d": opt_d.state_dict(),
-                "data": batches.state_dict(), "rng": rngs, "world_size": env.world_size,
-                "versions": checkpoint.versions()}
-
-    if env.is_main:
-        save_config(cfg.out, {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
-                              "precision_resolved": precision, "world_size": env.world_size})
-    log = RunLog(cfg.out, cfg.steps, start_step=step, enabled=env.is_main)
-    log.message(f"BiGAN {data.images.shape[0]} {cfg.dataset} images, {precision}, {device}, {env.world_size} "
-                f"process(es), G {n_params(G):,} / E {n_params(E):,} / D {n_params(D):,} parameters")
+    log = training.start_run(cfg, env, step, mcfg, precision, data)
+    log.message(f"BiGAN {len(data)} {cfg.dataset} images, {precision}, {device}, {env.world_size} process(es), "
+                f"G {n_params(G):,} / E {n_params(E):,} / D {n_params(D):,} parameters")
+    saver = training.Saver(cfg, env, "BiGAN", mcfg, modules, optimizers, batches, log)
+    # one guard per player: a finite E/G loss must not reset the count of D's non-finite losses in a row
+    guard_d, guard_eg = training.NonFiniteGuard(env, log), training.NonFiniteGuard(env, log)
+    watch = CollapseWatch(step)
     G_ddp, E_ddp, D_ddp = (distributed.wrap(net, env) for net in (G, E, D))
-    start, stopped_early = time.perf_counter(), False
-    with checkpoint.StopSignal() as stop:
+    with training.Stopper(cfg.minutes, env) as stop:
         while step < cfg.steps:
             x = to_float(next(batches)[0].to(device)).contiguous(memory_format=fmt)  # (B, C, H, W) in [-1, 1]
             z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
@@ -108,7 +130,8 @@ def main(cfg: TrainConfig) -> Path:
             loss_d = discriminator_loss(real_logits, fake_logits)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            opt_d.step()
+            if guard_d.finite(step, loss_d=loss_d):
+                opt_d.step()
 
             # E/G step through the just-updated D, labels swapped (non-saturating): E moves the real pair's z,
             # G the fake pair's x.
@@ -117,84 +140,47 @@ def main(cfg: TrainConfig) -> Path:
             loss_eg = encoder_generator_loss(eg_real_logits, eg_fake_logits)
             opt_eg.zero_grad(set_to_none=True)
             loss_eg.backward()
-            opt_eg.step()
+            if guard_eg.finite(step, loss_eg=loss_eg):
+                opt_eg.step()
             step += 1
 
             write = step % cfg.log_every == 0 or step == cfg.steps
             metrics = {"loss_d": loss_d.item(), "loss_eg": loss_eg.item(),
-                       "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-                       "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
+                       "d_real": torch.sigmoid(real_logits.float()).mean().item(),  # D(x, E(x)) as a probability
+                       "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),  # D(G(z), z) as a probability
                        "code_std": z_real.float().std().item()} if write else {}
             log.step(step, metrics, x.shape[0] * env.world_size, write)
-            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
-            if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+            if write and (warning := watch.update(step, metrics["d_fake"])):
+                log.message(warning)
+            stopping = stop.poll()  # agreed by every rank: a signal on any of them, or the --minutes budget
+            if step % cfg.sample_every == 0 or step == cfg.steps or stopping:
                 monitor(log, step, G, E, fixed_z, fixed_x)
-            if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
-                save_checkpoint(cfg.out, state(), env, periodic=step % cfg.ckpt_every == 0)
-            if stop.requested or out_of_time:
-                stopped_early = True
-                log.message(f"stopping at step {step} ({'signal' if stop.requested else 'time budget'}); "
-                            f"checkpoint saved, continue with --resume auto")
+            if step % cfg.ckpt_every == 0 or stopping:
+                saver.save(step, periodic=step % cfg.ckpt_every == 0)
+            if stopping:
                 break
-    if not stopped_early and (step == 0 or step % cfg.ckpt_every):
-        save_checkpoint(cfg.out, state(), env, periodic=False)
-    log.close()
     del G_ddp, E_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
-    distributed.teardown(env)
-    return Path(cfg.out)
+    return training.finish(step, cfg, env, saver, stop, log)
 
 
 def monitor(log: RunLog, step: int, G: Generator, E: Encoder, fixed_z: torch.Tensor, fixed_x: torch.Tensor) -> None:
-    """Sample grid from fixed noise; reconstruction grid (rows of x, then G(E(x))) of fixed training images."""
+    """Sample grid from fixed noise; reconstruction grid (rows of x, then G(E(x))) of fixed training images.
+    Eval mode, fixed inputs and E's mean code: no RNG drawn, no BatchNorm statistics updated."""
     G.eval(), E.eval()
     log.images(step, sample(G, len(fixed_z), z=fixed_z))
-    x_rec = reconstruct(G, E, fixed_x)
-    rows = torch.stack([fixed_x.view(4, 8, *fixed_x.shape[1:]), x_rec.view(4, 8, *fixed_x.shape[1:])], dim=1)
-    log.images(step, rows.flatten(0, 2), tag="reconstructions", nrow=8)  # (4, 2, 8, C, H, W) -> (64, C, H, W)
-    log.message(f"step {step}: reconstruction MSE of 32 fixed training images "
-                f"{(x_rec - fixed_x).square().mean().item():.4f}")
+    per_row = min(8, len(fixed_x))
+    rows = reconstruction_grid(G, E, fixed_x, per_row)  # whole rows of per_row images, each followed by G(E(x))
+    x, x_rec = rows.view(-1, 2, per_row, *rows.shape[1:]).unbind(1)  # (rows, per_row, C, H, W) each
+    log.images(step, rows, tag="reconstructions", nrow=per_row)
+    log.message(f"step {step}: reconstruction MSE of {x.shape[0] * per_row} fixed training images "
+                f"{(x_rec - x).square().mean().item():.4f}")
     G.train(), E.train()
 
 
+# Copied from DCGAN/train.py: n_params
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_checkpoint(out: str, state: dict, env: distributed.Dist, periodic: bool) -> None:
-    """Rank 0 writes; everyone waits so no process races ahead of a half-written checkpoint."""
-    if env.is_main:
-        checkpoint.save_run_checkpoint(out, state, periodic=periodic)
-    distributed.barrier(env)
-
-
-# Adapted from DCGAN/train.py (resume): three networks and the joint E/G optimiser.
-def resume(cfg: TrainConfig, env: distributed.Dist, G, E, D, opt_eg, opt_d, batches: BatchIterator) -> int:
-    """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from."""
-    if not cfg.resume:
-        return 0
-    path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else cfg.resume
-    if path is None:
-        return 0  # --resume auto with nothing to resume: a fresh run
-    state = checkpoint.load(path, model="BiGAN", map_location=env.device)
-    try:
-        for name, net in (("G", G), ("E", E), ("D", D)):
-            net.load_state_dict(state[name])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{path} was trained with other network sizes than these flags "
-                                         f"({str(e).splitlines()[0][:120]})") from None
-    opt_eg.load_state_dict(state["opt_eg"])
-    opt_d.load_state_dict(state["opt_d"])
-    batches.load_state_dict(state["data"])
-    if state.get("world_size", 1) == env.world_size:
-        checkpoint.set_rng_state(state["rng"][env.rank])
-    else:  # a different process count cannot replay the same noise; continue with fresh, seeded streams
-        torch.manual_seed(cfg.seed + env.rank + 1_000_003 * state["step"])
-    return state["step"]
-
-
 if __name__ == "__main__":
-    config = cli.parse(TrainConfig, check=check)
-    try:
-        main(config)
-    except (DataError, checkpoint.CheckpointError) as err:
-        cli.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    training.run_main(main, cli.parse(TrainConfig, check=check))

@@ -23,10 +23,21 @@ def test_shapes_and_range(size, channels, encoder, d_norm):
     cfg = tiny(image_size=size, channels=channels, encoder=encoder, d_norm=d_norm)
     G, E, D = Generator(cfg), Encoder(cfg), Discriminator(cfg)
     x = G(torch.randn(5, 8))
-    assert x.shape == (5, channels, size, size) and x.abs().max() <= 1.0
+    assert x.shape == (5, channels, size, size) and not torch.equal(x[0], x[1])  # z reaches the image
     z = E(x)
-    assert z.shape == (5, 8)
+    assert z.shape == (5, 8) and not torch.equal(z[0], z[1])
     assert D(x, z).shape == (5,)
+
+
+def test_generator_output_is_squashed_into_the_image_range():
+    """tanh bounds G's output: with its last layer's weights scaled up 1000x the pre-activations are huge, yet
+    every pixel stays in [-1, 1] and reaches the bounds (a linear output layer would give values near 1000)."""
+    torch.manual_seed(0)
+    G = Generator(tiny())
+    with torch.no_grad():
+        G.to_image.weight.mul_(1000)
+    x = G(torch.randn(4, 8))
+    assert x.abs().max() <= 1.0 and x.abs().max() > 0.99
 
 
 @pytest.mark.parametrize("overrides,needle", [(dict(image_size=24), "power of two"), (dict(image_size=8), "power of two"),
