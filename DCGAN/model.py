@@ -12,6 +12,14 @@ The generator uses the non-saturating loss of Goodfellow et al. Sec. 3 (what DCG
     L_G = -log sigma(D(G(z)))                                              (generator_loss)
 At the start D(G(z)) ~ 0, where log(1 - sigma) saturates but -log sigma still has a strong gradient.
 
+Optional (train.py --r1 GAMMA, off by default): the R1 gradient penalty on real images of Mescheder, Geiger &
+Nowozin, "Which Training Methods for GANs do actually Converge?", ICML 2018 (https://arxiv.org/abs/1801.04406),
+added to L_D:
+    L_R1 = gamma/2 * E_x ||grad_x D(x)||^2                                 (r1_penalty)
+It keeps D flat on the data, so the game can settle where G matches the data instead of circling around that
+point (the paper's convergence result). Lazy R1 (Karras et al. 2020, StyleGAN2's "lazy regularization"): add
+K * L_R1 on every K-th D step only (train.py --r1-every K), the same penalty on average at a K-th of its cost.
+
 Architecture guidelines (DCGAN Sec. 3), all followed here:
   * no pooling: strided convolutions in D, fractional-strided (transposed) convolutions in G;
   * BatchNorm in both, except the G output layer and the D input layer;
@@ -29,6 +37,9 @@ Deviations:
   * D returns a logit and the losses use the log-sigmoid form (BCE-with-logits): the same function as
     sigmoid + BCE, numerically stable.
   * Latent walks use spherical interpolation (slerp) instead of the paper's linear interpolation.
+  * The R1 penalty is not part of DCGAN. With D's BatchNorm in training mode a logit depends on the whole batch,
+    so r1_penalty takes the gradient of the batch's summed logits (the usual implementation), not of each D(x)
+    alone (StyleGAN2's discriminator, for one, has no normalisation layers).
   * train.py defaults to 32x32 images and widths 32 (the paper's 64x64 model has widths 64 and one more layer:
     `--image-size 64 --g-width 64 --d-width 64`), so a 2-core CPU trains it in minutes.
 """
@@ -134,6 +145,16 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating L_G = -E[log sigma(D(G(z)))] (Goodfellow et al. 2014, Sec. 3)."""
     return -F.logsigmoid(fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): L_R1 = gamma/2 * E_x ||grad_x D(x)||^2 over real images x, with D(x) the logit.
+
+    real: (B, C, H, W) with requires_grad set before D saw it; real_logits: D(real), (B,). The gradient is taken
+    with create_graph=True, so backpropagating L_R1 reaches D's parameters (a double backward).
+    """
+    grad, = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)  # (B, C, H, W)
+    return gamma / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 # ---------------------------------------------------------------- sampling

@@ -1,8 +1,10 @@
 """Generate images from a trained DCGAN.
 
+    python sample.py --pretrained                              # the shipped weights, pretrained/generator.pt
     python sample.py --checkpoint runs/dcgan --num 64 --out samples/
 writes samples/000000.png ... (one PNG per image), samples/grid.png and samples/interpolation.png
-(rows of slerp walks between random latents). --checkpoint takes a run folder (its latest checkpoint) or a file.
+(rows of slerp walks between random latents). --checkpoint takes a run folder (its latest checkpoint) or a file;
+--pretrained needs no training: it loads the generator of the default MNIST run that ships with this folder.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from model import Config, Generator, interpolate, sample
 from shared import checkpoint, cli
 from shared.run import grid
 
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "generator.pt"  # next to this script, not the cwd
+
 
 @dataclass
 class SampleConfig:
-    """Sample from a DCGAN checkpoint."""
+    """Sample from a DCGAN checkpoint, or from the shipped pretrained generator."""
     checkpoint: str = "runs/dcgan"  # run folder (uses its latest checkpoint) or checkpoint file
+    pretrained: bool = False  # use the shipped generator (pretrained/generator.pt) instead of --checkpoint
     num: int = 64  # number of images to write
     out: str = "samples"  # output folder
     seed: int = 0  # seed of the latent noise
@@ -30,12 +35,34 @@ class SampleConfig:
     threads: int = 0  # CPU threads (0 = torch's default)
 
 
-def load_generator(path: str, device: torch.device) -> tuple[Generator, dict]:
+def load_generator(path: str | Path, device: torch.device) -> tuple[Generator, dict]:
     """G rebuilt from the config saved in the checkpoint, with its weights (eval mode), and the checkpoint."""
     state = checkpoint.load(path, model="DCGAN", map_location=device)
     G = Generator(Config(**state["model_config"])).to(device)
-    G.load_state_dict(state["G"])
+    checkpoint.load_weights(G, state, "G", path)
     return G.eval(), state
+
+
+def load_pretrained(device: torch.device, path: Path | None = None) -> tuple[Generator, dict]:
+    """The shipped generator (fp16 on disk, float32 here), rebuilt from the model config stored with it, and
+    the file's contents (its "source" says which run made it). `path` defaults to PRETRAINED."""
+    path = path or PRETRAINED
+    if not path.is_file():
+        raise checkpoint.CheckpointError(f"no pretrained weights at {path}: train a run (python train.py) and "
+                                         f"sample it with --checkpoint, or fetch the file from the project's "
+                                         f"repository")
+    state = checkpoint.load_pretrained(path, "DCGAN", map_location=device)
+    G = Generator(Config(**state["model_config"])).to(device)
+    checkpoint.load_weights(G, state, "G", path)
+    return G.eval(), state
+
+
+def save_images(images: torch.Tensor, out: Path) -> None:
+    """images (N, C, H, W) in [-1, 1] -> out/000000.png ... and out/grid.png (a near-square grid)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        save_image((img + 1) / 2, out / f"{i:06d}.png")
+    save_image(grid(images, nrow=int(math.ceil(math.sqrt(len(images))))), out / "grid.png")
 
 
 def main(cfg: SampleConfig) -> Path:
@@ -43,14 +70,12 @@ def main(cfg: SampleConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    G, _ = load_generator(cfg.checkpoint, device)
+    G, state = load_pretrained(device) if cfg.pretrained else load_generator(cfg.checkpoint, device)
+    if cfg.pretrained:
+        print(f"pretrained generator: {state.get('source', PRETRAINED)}")
     rng = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    images = sample(G, cfg.num, rng=rng)  # (num, C, H, W) in [-1, 1]
-    for i, img in enumerate(images):
-        save_image((img + 1) / 2, out / f"{i:06d}.png")
-    save_image(grid(images, nrow=int(math.ceil(math.sqrt(cfg.num)))), out / "grid.png")
+    save_images(sample(G, cfg.num, rng=rng), out)  # (num, C, H, W) in [-1, 1]
     if cfg.interpolations:
         z = torch.randn(cfg.interpolations, 2, G.cfg.z_dim, generator=rng)
         rows = [interpolate(G, z0, z1, steps=10) for z0, z1 in z]
@@ -64,11 +89,17 @@ def check(cfg: SampleConfig) -> None:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     cli.check_device(cfg.device)
+    cli.check_out_dir(cfg.out, "--out")
+
+
+def cli_main(argv: list[str] | None = None) -> None:
+    """sample.py's command line: a bad flag or an unusable checkpoint is one line on stderr, exit code 2."""
+    cfg = cli.parse(SampleConfig, argv, check=check)
+    try:
+        print(f"wrote {cfg.num} images to {main(cfg)}")
+    except checkpoint.CheckpointError as err:
+        cli.fail(str(err).splitlines()[0])
 
 
 if __name__ == "__main__":
-    config = cli.parse(SampleConfig, check=check)
-    try:
-        print(f"wrote {config.num} images to {main(config)}")
-    except checkpoint.CheckpointError as err:
-        cli.fail(str(err))
+    cli_main()

@@ -1,24 +1,22 @@
-"""Train DCGAN.  `python train.py --help` lists every flag.
+"""Train DCGAN on the embedded MNIST copy by default.  `python train.py --help` lists every flag.
 
-    python train.py                                                # shapes, 32x32, 3000 steps, ~5-7 minutes on 2 CPU cores
-    python train.py --dataset mnist --data-root ../shared/datasets # MNIST digits
-    python train.py --image-size 64 --steps 20000                  # the paper's 64x64 network
-    torchrun --nproc_per_node=2 train.py                           # data-parallel (one process per core / GPU)
+    python train.py                                   # embedded MNIST, 32x32, 3000 steps: a few minutes on 2 cores
+    python train.py --dataset shapes                  # the embedded shapes dataset
+    python train.py --r1 1 --r1-every 4               # with the lazy R1 penalty on D
+    python train.py --image-size 64 --g-width 64 --d-width 64 --steps 20000   # the paper's 64x64 network
+    python train.py --resume auto                     # continue the run in --out
+    torchrun --nproc_per_node=2 train.py              # data-parallel (one process per core / GPU)
 """
 from __future__ import annotations
 
-import dataclasses
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from model import Config, Discriminator, Generator, discriminator_loss, generator_loss, sample
-from shared import checkpoint, cli, dist as distributed
-from shared.data import BatchIterator, DataError, load_dataset, to_float
-from shared.run import RunLog, save_config
+from model import Config, Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty, sample
+from shared import cli, dist as distributed, training
+from shared.data import BatchIterator, load_dataset, to_float
 
 
 @dataclass
@@ -33,6 +31,8 @@ class TrainConfig(cli.RunConfig):
     g_width: int = 32  # G channels before the output layer (paper's ngf: 64; 32 trains ~3x faster on CPU)
     d_width: int = 32  # D channels after the input layer (paper's ndf: 64)
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on CPU, see README)
+    r1: float = 0.0  # R1 penalty weight gamma: gamma/2 E||grad_x D(x)||^2 on real images added to D's loss (0 = off)
+    r1_every: int = 1  # lazy R1: add the penalty, times K, on every K-th D step only (1 = every step, as in the paper)
 
 
 def model_config(cfg: TrainConfig, channels: int) -> Config:
@@ -46,16 +46,18 @@ def check(cfg: TrainConfig) -> None:
     model_config(cfg, channels=3)  # validates image_size
     if min(cfg.z_dim, cfg.g_width, cfg.d_width) <= 0:
         raise ValueError("--z-dim, --g-width and --d-width must be positive")
+    if cfg.r1 < 0 or cfg.r1_every < 1:
+        raise ValueError(f"--r1 must be >= 0 and --r1-every >= 1, got {cfg.r1} and {cfg.r1_every}")
 
 
 class CollapseWatch:
-    """Warns when D has won outright, the failure that ends long runs on shapes (README, "Known limits").
+    """Warns when D has won outright, a failure that ends long GAN runs (the folder's README, Known limits).
 
     update() returns a warning, once per episode, when every D(G(z)) logged over the last `span` steps is below
-    `threshold`. The defaults come from measured shapes and MNIST runs: in the 10-minute runs and the first 10,000
-    steps of the 45-minute shapes run, every 500-step stretch logged a D(G(z)) of 0.06 or more; that 45-minute run
-    logged none above 0.01 after step 10,450 and G drew one image for every z by step 12,500. Replayed through
-    this class, its metrics.jsonl warns at step 10,950.
+    `threshold`. The defaults come from DCGAN's measured shapes and MNIST runs (DCGAN/EXPERIMENTS.md): in its
+    10-minute runs and the first 10,000 steps of its 45-minute shapes run, every 500-step stretch logged a D(G(z))
+    of 0.06 or more; that 45-minute run logged none above 0.01 after step 10,450 and G drew one image for every z
+    by step 12,500. Replayed through this class, its metrics.jsonl warns at step 10,950.
     """
 
     def __init__(self, start_step: int, threshold: float = 0.01, span: int = 500) -> None:
@@ -88,38 +90,37 @@ def main(cfg: TrainConfig) -> Path:
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z
-    step = resume(cfg, env, G, D, opt_g, opt_d, batches)
+    modules, optimizers = {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d}
+    step = training.resume(cfg, env, "DCGAN", modules, optimizers, batches)
     fixed_z = torch.randn(64, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
 
-    def state() -> dict:
-        rngs = distributed.gather_objects(checkpoint.rng_state(), env)
-        return {"model": "DCGAN", "step": step, "config": dataclasses.asdict(cfg),
-                "model_config": dataclasses.asdict(mcfg), "G": G.state_dict(), "D": D.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "data": batches.state_dict(),
-                "rng": rngs, "world_size": env.world_size, "versions": checkpoint.versions()}
-
-    if env.is_main:
-        save_config(cfg.out, {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
-                              "precision_resolved": precision, "world_size": env.world_size})
-    log = RunLog(cfg.out, cfg.steps, start_step=step, enabled=env.is_main)
-    log.message(f"DCGAN {data.images.shape[0]} {cfg.dataset} images, {precision}, {device}, "
-                f"{env.world_size} process(es), G {n_params(G):,} / D {n_params(D):,} parameters")
+    log = training.start_run(cfg, env, step, mcfg, precision, data)
+    log.message(f"DCGAN {len(data)} {cfg.dataset} images, {precision}, {device}, {env.world_size} process(es), "
+                f"G {n_params(G):,} / D {n_params(D):,} parameters")
+    saver = training.Saver(cfg, env, "DCGAN", mcfg, modules, optimizers, batches, log)
+    guard, watch = training.NonFiniteGuard(env, log), CollapseWatch(step)
+    r1 = None  # the last R1 penalty computed (a tensor), for the log
     G_ddp, D_ddp = distributed.wrap(G, env), distributed.wrap(D, env)
-    watch = CollapseWatch(step)
-    start, stopped_early = time.perf_counter(), False
-    with checkpoint.StopSignal() as stop:
+    with training.Stopper(cfg.minutes, env) as stop:
         while step < cfg.steps:
             x = to_float(next(batches)[0].to(device)).contiguous(memory_format=fmt)  # (B, C, H, W) in [-1, 1]
             z = torch.randn(x.shape[0], mcfg.z_dim, device=device)
 
             # D step: ascend log sigma(D(x)) + log(1 - sigma(D(G(z)))); G(z) is detached (G is not updated).
+            # With --r1, every r1_every-th step also adds r1_every * gamma/2 E||grad_x D(x)||^2 (lazy R1).
+            with_r1 = cfg.r1 > 0 and step % cfg.r1_every == 0
+            x.requires_grad_(with_r1)
             with distributed.autocast(device, precision):
                 fake = G_ddp(z)
                 real_logits, fake_logits = D_ddp(x), D_ddp(fake.detach())
             loss_d = discriminator_loss(real_logits, fake_logits)
+            losses = {"loss_d": loss_d}
+            if with_r1:
+                losses["r1"] = r1 = r1_penalty(real_logits, x, cfg.r1)
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            (loss_d + cfg.r1_every * r1 if with_r1 else loss_d).backward()
+            if guard.finite(step, **losses):
+                opt_d.step()
 
             # G step: non-saturating, descend -log sigma(D(G(z))) through the just-updated D.
             with distributed.autocast(device, precision):
@@ -127,74 +128,35 @@ def main(cfg: TrainConfig) -> Path:
             loss_g = generator_loss(gen_logits)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
-            opt_g.step()
+            if guard.finite(step, loss_g=loss_g):
+                opt_g.step()
             step += 1
 
             write = step % cfg.log_every == 0 or step == cfg.steps
             metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                        "d_real": torch.sigmoid(real_logits.float()).mean().item(),
                        "d_fake": torch.sigmoid(fake_logits.float()).mean().item()} if write else {}
+            if write and r1 is not None:  # L_R1 of the last step that applied it (lazy R1 adds r1_every times it)
+                metrics["r1"] = r1.item()
             log.step(step, metrics, x.shape[0] * env.world_size, write)
             if write and (warning := watch.update(step, metrics["d_fake"])):
                 log.message(warning)
-            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
-            if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+            stopping = stop.poll()  # agreed by every rank: a signal on any of them, or the --minutes budget
+            if step % cfg.sample_every == 0 or step == cfg.steps or stopping:
                 G.eval()
                 log.images(step, sample(G, 64, z=fixed_z))
                 G.train()
-            if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
-                save_checkpoint(cfg.out, state(), env, periodic=step % cfg.ckpt_every == 0)
-            if stop.requested or out_of_time:
-                stopped_early = True
-                log.message(f"stopping at step {step} ({'signal' if stop.requested else 'time budget'}); "
-                            f"checkpoint saved, continue with --resume auto")
+            if step % cfg.ckpt_every == 0 or stopping:
+                saver.save(step, periodic=step % cfg.ckpt_every == 0)
+            if stopping:
                 break
-    if not stopped_early and (step == 0 or step % cfg.ckpt_every):
-        save_checkpoint(cfg.out, state(), env, periodic=False)
-    log.close()
     del G_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
-    distributed.teardown(env)
-    return Path(cfg.out)
+    return training.finish(step, cfg, env, saver, stop, log)
 
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_checkpoint(out: str, state: dict, env: distributed.Dist, periodic: bool) -> None:
-    """Rank 0 writes; everyone waits so no process races ahead of a half-written checkpoint."""
-    if env.is_main:
-        checkpoint.save_run_checkpoint(out, state, periodic=periodic)
-    distributed.barrier(env)
-
-
-def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches: BatchIterator) -> int:
-    """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from."""
-    if not cfg.resume:
-        return 0
-    path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else cfg.resume
-    if path is None:
-        return 0  # --resume auto with nothing to resume: a fresh run
-    state = checkpoint.load(path, model="DCGAN", map_location=env.device)
-    try:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{path} was trained with other network sizes than these flags "
-                                         f"({str(e).splitlines()[0][:120]})") from None
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
-    batches.load_state_dict(state["data"])
-    if state.get("world_size", 1) == env.world_size:
-        checkpoint.set_rng_state(state["rng"][env.rank])
-    else:  # a different process count cannot replay the same noise; continue with fresh, seeded streams
-        torch.manual_seed(cfg.seed + env.rank + 1_000_003 * state["step"])
-    return state["step"]
-
-
 if __name__ == "__main__":
-    config = cli.parse(TrainConfig, check=check)
-    try:
-        main(config)
-    except (DataError, checkpoint.CheckpointError) as err:
-        cli.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    training.run_main(main, cli.parse(TrainConfig, check=check))

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import (Config, Discriminator, Generator, discriminator_loss, generator_loss, interpolate, sample,
-                   slerp)
+from model import (Config, Discriminator, Generator, discriminator_loss, generator_loss, interpolate, r1_penalty,
+                   sample, slerp)
 
 
 @pytest.mark.parametrize("size,channels", [(16, 1), (32, 3), (64, 3), (128, 1)])
@@ -17,8 +17,12 @@ def test_shapes_and_range(size, channels):
     G, D = Generator(cfg), Discriminator(cfg)
     x = G(torch.randn(5, 16))
     assert x.shape == (5, channels, size, size)
-    assert x.abs().max() <= 1.0
     assert D(x).shape == (5,)
+    # tanh bounds the output: with the last layer's weights scaled up, values reach +-1 but never pass it
+    with torch.no_grad():
+        G.to_image.weight.mul_(1000)
+    x = G(torch.randn(5, 16))
+    assert x.abs().max() <= 1.0 and x.max() > 0.99 and x.min() < -0.99
 
 
 @pytest.mark.parametrize("size", [8, 24, 48, 0])
@@ -116,3 +120,48 @@ def test_sampling_is_deterministic_given_noise():
     b = sample(G, 6, rng=torch.Generator().manual_seed(1), batch_size=4)  # batching must not matter in eval
     assert torch.allclose(a, b, atol=1e-6)
     assert interpolate(G, torch.randn(8), torch.randn(8), steps=5).shape == (5, 3, 16, 16)
+
+
+class Linear(nn.Module):
+    """D(x) = w . x + b on flattened images: grad_x D(x) = w for every x."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(w.clone()), nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.flatten() + self.b
+
+
+def test_r1_penalty_of_a_linear_d_is_half_gamma_times_the_squared_weight_norm():
+    torch.manual_seed(0)
+    D = Linear(torch.randn(3, 4, 4))
+    x = torch.randn(6, 3, 4, 4, requires_grad=True)
+    penalty = r1_penalty(D(x), x, gamma=2.5)
+    assert penalty.item() == pytest.approx(2.5 / 2 * D.w.pow(2).sum().item(), rel=1e-6)
+    # it reaches D's parameters (create_graph): d/dw [gamma/2 ||w||^2] = gamma * w; b does not matter
+    penalty.backward()
+    assert torch.allclose(D.w.grad, 2.5 * D.w.detach(), atol=1e-6)
+    assert D.b.grad is None or D.b.grad.item() == 0.0
+
+
+def test_r1_penalty_is_zero_with_zero_gradient_for_a_constant_d():
+    D = Linear(torch.zeros(3, 4, 4))  # D(x) = b whatever x
+    x = torch.randn(6, 3, 4, 4, requires_grad=True)
+    penalty = r1_penalty(D(x), x, gamma=10.0)
+    penalty.backward()
+    assert penalty.item() == 0.0 and torch.equal(D.w.grad, torch.zeros(3, 4, 4))
+
+
+def test_r1_penalty_averages_each_images_squared_gradient_norm():
+    """Against a per-image computation on the real conv D (eval mode: each logit depends on its image alone)."""
+    torch.manual_seed(0)
+    D = Discriminator(Config(image_size=16, channels=1, d_width=8)).eval()
+    x = torch.randn(4, 1, 16, 16, requires_grad=True)
+    norms = []
+    for i in range(4):
+        xi = x[i:i + 1].detach().requires_grad_(True)
+        grad, = torch.autograd.grad(D(xi).sum(), xi)
+        norms.append(grad.pow(2).sum())
+    assert r1_penalty(D(x), x, gamma=3.0).item() == pytest.approx(3.0 / 2 * torch.stack(norms).mean().item(),
+                                                                   rel=1e-5)

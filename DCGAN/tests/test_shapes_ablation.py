@@ -1,4 +1,10 @@
-"""shapes_ablation.py: the ablated data holds the unnamed factors fixed and thins the levels it is asked to."""
+"""experiments/shapes_ablation.py: the ablated data holds the unnamed factors fixed and thins the levels it is asked
+to. (conftest.py puts experiments/ on the import path.)"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,7 +64,8 @@ def test_factor_modes_train_and_write_outputs_above_the_matching_real_images(tmp
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    shapes_ablation.main([mode, "--minutes", "0.01", "--width", "8", "--batch-size", "8", "--out", str(out)])
+    shapes_ablation.main([mode, "--minutes", "0.01", "--width", "8", "--batch-size", "8", "--images", "500",
+                          "--out", str(out)])
     assert "steps in 0.01 minutes" in capsys.readouterr().out
     assert Image.open(out).size == (8 * 33 + 1, 16 * 33 + 1)  # 8 columns, 8 rows of outputs + 8 of real images
 
@@ -72,8 +79,17 @@ def test_cli_rejects_both_factor_modes(capsys):
 def test_snapshots_are_written_during_the_run(tmp_path, capsys):
     out = tmp_path / "grid.png"
     shapes_ablation.main(["--minutes", "0.04", "--snapshot-minutes", "0.01", "--width", "8", "--batch-size", "8",
-                          "--out", str(out)])
+                          "--images", "500", "--out", str(out)])
     written = {p.name for p in tmp_path.iterdir()}  # snapshots after 0.6, 1.2 and 1.8 s of a 2.4 s run
     assert {"grid.png", "grid_0.01min.png", "grid_0.02min.png"} <= written
     assert written <= {"grid.png", "grid_0.01min.png", "grid_0.02min.png", "grid_0.03min.png"}
     assert "grid_0.02min.png" in capsys.readouterr().out
+
+
+def test_runs_as_a_script_from_inside_the_folder():
+    """`python experiments/shapes_ablation.py` from DCGAN/ finds model.py in the folder above (no conftest)."""
+    here = Path(__file__).resolve().parents[1]
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "experiments/shapes_ablation.py", "--vary", "shape,hue"], cwd=here,
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 2 and "unknown factors ['hue']" in res.stderr, res.stderr[-2000:]

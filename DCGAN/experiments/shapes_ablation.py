@@ -13,28 +13,33 @@ on real images to D's loss. Two modes take the factor vector y (one-hot per fact
                    same Adam; it shows what G's architecture can draw in the budget.
 It writes a grid of 64 outputs (fixed noise) -- in the two factor modes, followed by the 64 real images with
 the same factors -- and prints the step count and D(G(z)) or the MSE; --snapshot-minutes also writes the grid
-every so many minutes of the run. Results: README.md, "Why shapes stay blobs".
+every so many minutes of the run. Results: EXPERIMENTS.md, "Why shapes stay blobs".
+Run from inside DCGAN/ (train.py --r1 applies the same R1 penalty in a full training run):
 
-    python shapes_ablation.py --vary shape,rotation --minutes 4 --threads 1   # 17 distinct images
-    python shapes_ablation.py --vary shape,colour,scale,rotation               # 510: position fixed
-    python shapes_ablation.py --every 2                                        # every factor, half the levels: 2,592
-    python shapes_ablation.py --r1 1 --r1-every 4 --minutes 10                 # all of shapes, R1 penalty
-    python shapes_ablation.py --r1 1 --r1-every 4 --minutes 100 --threads 2 --snapshot-minutes 20  # + grids on the way
-    python shapes_ablation.py --given-factors                                  # G and D see every factor
-    python shapes_ablation.py --mse                                            # G as a decoder of the factors
+    python experiments/shapes_ablation.py --vary shape,rotation --minutes 4   # 17 distinct images
+    python experiments/shapes_ablation.py --vary shape,colour,scale,rotation  # 510: position fixed
+    python experiments/shapes_ablation.py --every 2                           # every factor, half the levels: 2,592
+    python experiments/shapes_ablation.py --r1 1 --r1-every 4 --minutes 10    # all of shapes, R1 penalty
+    python experiments/shapes_ablation.py --r1 1 --r1-every 4 --minutes 100 --threads 2 --snapshot-minutes 20
+    python experiments/shapes_ablation.py --given-factors                     # G and D see every factor
+    python experiments/shapes_ablation.py --mse                               # G as a decoder of the factors
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+# Run from inside DCGAN/ as `python experiments/shapes_ablation.py`: the folder above holds model.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
-from model import Config, Discriminator, Generator, discriminator_loss, generator_loss, sample
+from model import Config, Discriminator, Generator, discriminator_loss, generator_loss, r1_penalty, sample
 from shared import shapes
 from shared.data import to_float
 
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--width", type=int, default=32, help="G and D widths (train.py's default: 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=50_000, help="training images rendered (at least 64)")
     p.add_argument("--out", default="shapes_ablation.png")
     p.add_argument("--snapshot-minutes", type=float, default=0.0,
                    help="also write OUT_<k>min.png every this many minutes (0 = only the final grid)")
@@ -94,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     vary = args.vary.split(",")
     if unknown := set(vary) - set(shapes.FACTOR_NAMES):
         p.error(f"unknown factors {sorted(unknown)}; choose from {', '.join(shapes.FACTOR_NAMES)}")
-    if args.every < 1 or args.r1 < 0 or args.r1_every < 1 or args.snapshot_minutes < 0:
-        p.error("--every and --r1-every must be >= 1, --r1 and --snapshot-minutes >= 0")
+    if args.every < 1 or args.r1 < 0 or args.r1_every < 1 or args.snapshot_minutes < 0 or args.images < 64:
+        p.error("--every and --r1-every must be >= 1, --r1 and --snapshot-minutes >= 0, --images >= 64")
     if args.given_factors and args.mse:
         p.error("choose one of --given-factors and --mse")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    factors = ablated_factors(vary, args.every, 50_000, args.seed)
+    factors = ablated_factors(vary, args.every, args.images, args.seed)
     images, codes = to_float(shapes.render(factors, 32)), one_hot(factors)
     print(f"{len(torch.unique(images.flatten(1), dim=0))} distinct images; varying: {', '.join(vary)}")
     y_dim = codes.shape[1] if args.given_factors or args.mse else 0
@@ -155,8 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         real_logits, fake_logits = d_logits(x, y), d_logits(fake.detach(), y_fake)
         loss_d = discriminator_loss(real_logits, fake_logits)
         if r1:  # R1 = (gamma / 2) E ||grad_x D(x)||^2, times r1_every when applied every r1_every steps
-            grad, = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
-            loss_d = loss_d + args.r1 * args.r1_every / 2 * grad.pow(2).flatten(1).sum(1).mean()
+            loss_d = loss_d + args.r1_every * r1_penalty(real_logits, x, args.r1)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
