@@ -45,12 +45,12 @@ Deviations:
     in D) instead of the papers' ResNets, so a 2-core CPU trains them in minutes; phi(x) is D's last 4x4
     feature map flattened (Miyato & Koyama sum-pool a ResNet's features), so psi is DCGAN's final 4x4 conv.
   * One D update per G update by default; the authors' code updates D five times (n_dis 5, train.py --d-steps 5),
-    which costs steps a CPU budget cannot spare (README: --d-steps 2 did not beat 1 in the same time).
+    which costs steps a CPU budget cannot spare (the comparison is in EXPERIMENTS.md).
   * z ~ N(0, I); the AC-GAN generator uses the non-saturating -log sigma(D(G(z))) in place of the saturating
     -L_S term (the usual practice since Goodfellow et al. Sec. 3); the class loss weight is a flag (paper: 1).
   * Spectral normalisation is also applied to the AC-GAN discriminator (the paper used BatchNorm and dropout).
   * Additions from later work. D learns twice as fast as G by default (train.py --lr-d 4e-4 against --lr 2e-4, the
-    two time-scale update rule of Heusel et al. 2017), which halves the shapes FID at the 10-minute budget (README).
+    two time-scale update rule of Heusel et al. 2017; its measured effect is in the README and EXPERIMENTS.md).
     Optionally (train.py --ema, off by default) samples and evaluation use an exponential moving average of G's
     weights, theta_ema <- beta theta_ema + (1 - beta) theta after every G step (ema_update; Karras et al. 2018,
     Yazici et al. 2019). Neither changes the game, only how it is played and read out.

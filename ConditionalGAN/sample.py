@@ -1,16 +1,17 @@
 """Generate images of chosen classes from a trained conditional GAN.
 
+    python sample.py --pretrained                                            # the shipped weights, every class
     python sample.py --checkpoint runs/conditionalgan --class 2 --num 16     # 16 images of class 2
     python sample.py --checkpoint runs/conditionalgan --class 0,3,7          # a list (or --class 0 3 7)
     python sample.py --checkpoint runs/conditionalgan                        # every class
 writes <out>/class_K/000000.png ... for each requested class K and <out>/grid.png, a class-by-row grid (row i =
 the i-th requested class; each column shares one z, so a column shows what the label alone changes).
---checkpoint takes a run folder (its latest checkpoint) or a file.
+--checkpoint takes a run folder (its latest checkpoint) or a file; --pretrained uses pretrained/generator.pt
+next to this script (the generator of the default MNIST run) instead.
 """
-# Adapted from DCGAN/sample.py: checkpoint loading and PNG/grid writing; the sampling is this model's.
+# Adapted from DCGAN/sample.py: checkpoint loading and PNG/grid writing; --class, the moving average, --pretrained.
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from shared import checkpoint, cli
 from shared.run import grid
 
 GRID_COLUMNS = 16  # at most this many images per class in grid.png
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "generator.pt"  # not relative to the cwd
 
 
 @dataclass
 class SampleConfig:
-    """Sample chosen classes from a ConditionalGAN checkpoint."""
+    """Sample chosen classes from a ConditionalGAN checkpoint (or the shipped pretrained generator)."""
     checkpoint: str = "runs/conditionalgan"  # run folder (uses its latest checkpoint) or checkpoint file
+    pretrained: bool = False  # use the shipped weights in pretrained/generator.pt instead of --checkpoint
     classes: str = ""  # class indices, e.g. "2" or "0,3,7" (also --class); empty = every class
     num: int = 10  # images per requested class
     out: str = "samples"  # output folder
@@ -42,7 +45,19 @@ def load_generator(path: str, device: torch.device, raw: bool = False) -> tuple[
     moving average the run kept (train.py --ema), or G's raw weights if raw or if the run kept none."""
     state = checkpoint.load(path, model="ConditionalGAN", map_location=device)
     G = Generator(Config(**state["model_config"])).to(device)
-    G.load_state_dict(state["G"] if raw or state.get("G_ema") is None else state["G_ema"])
+    checkpoint.load_weights(G, state, "G" if raw or state.get("G_ema") is None else "G_ema", path)
+    return G.eval(), state
+
+
+def load_pretrained(device: torch.device, path: Path | None = None) -> tuple[Generator, dict]:
+    """The shipped generator (fp16 on disk, float32 here), rebuilt from its model_config (eval mode)."""
+    path = Path(path or PRETRAINED)
+    if not path.is_file():
+        raise checkpoint.CheckpointError(f"no pretrained weights at {path}: train a model (python train.py) and "
+                                         f"use --checkpoint, or fetch pretrained/generator.pt from the repository")
+    state = checkpoint.load_pretrained(path, "ConditionalGAN", map_location=device)
+    G = Generator(Config(**state["model_config"])).to(device)
+    checkpoint.load_weights(G, state, "G", path)
     return G.eval(), state
 
 
@@ -65,7 +80,7 @@ def main(cfg: SampleConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    G, state = load_generator(cfg.checkpoint, device, cfg.raw)
+    G, state = load_pretrained(device) if cfg.pretrained else load_generator(cfg.checkpoint, device, cfg.raw)
     classes = parse_classes(cfg.classes, G.cfg.num_classes)
     z = torch.randn(cfg.num, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     out = Path(cfg.out)
@@ -90,6 +105,7 @@ def check(cfg: SampleConfig) -> None:
     if cfg.classes.strip():
         parse_classes(cfg.classes, num_classes=10 ** 9)  # syntax only; the range is checked against the model
     cli.check_device(cfg.device)
+    cli.check_out_dir(cfg.out, "--out")
 
 
 def parse_args(argv: list[str] | None = None) -> SampleConfig:
@@ -109,9 +125,14 @@ def parse_args(argv: list[str] | None = None) -> SampleConfig:
     return cfg
 
 
-if __name__ == "__main__":
-    config = parse_args()
+def run(argv: list[str] | None = None) -> None:
+    """The command line: parse, sample, and a one-line error (exit 2) for an unusable checkpoint or class."""
+    cfg = parse_args(argv)
     try:
-        main(config)
+        main(cfg)
     except (checkpoint.CheckpointError, ValueError) as err:
         cli.fail(str(err).splitlines()[0])
+
+
+if __name__ == "__main__":
+    run()

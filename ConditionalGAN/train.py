@@ -1,15 +1,16 @@
 """Train a class-conditional GAN.  `python train.py --help` lists every flag.
 
-    python train.py                                                # shapes (3 classes), 32x32, projection D
-    python train.py --dataset mnist --data-root ../shared/datasets # MNIST digits (10 classes)
-    python train.py --conditioning acgan --loss bce                # AC-GAN (Odena et al. 2017)
-    torchrun --nproc_per_node=2 train.py                           # data-parallel (one process per core / GPU)
+    python train.py                                     # MNIST (embedded copy, 10 classes), 32x32, projection D
+    python train.py --dataset shapes                    # shapes (3 classes: square, circle, triangle)
+    python train.py --conditioning acgan --loss bce     # AC-GAN (Odena et al. 2017)
+    torchrun --nproc_per_node=2 train.py                # data-parallel (one process per core / GPU)
+
+DCGAN's CollapseWatch is not used: it reads D(G(z)) as a probability under the BCE loss, while the default hinge
+loss and projection D give raw, unbounded logits (`logit_fake`), for which its threshold means nothing.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +18,14 @@ import torch
 
 from model import (LOSSES, Config, Discriminator, Generator, class_grid, discriminator_loss, ema_update,
                    generator_loss)
-from shared import checkpoint, cli, dist as distributed
+from shared import cli, dist as distributed, training
 from shared.data import BatchIterator, DataError, load_dataset, to_float
-from shared.run import RunLog, save_config
 
 
 @dataclass
 class TrainConfig(cli.RunConfig):
     """Train a conditional GAN (projection discriminator or AC-GAN). Core flags come from shared.cli."""
-    steps: int = 5000  # steps; one step = --d-steps D updates + one G update (~6-10 quiet minutes on 2 cores)
+    steps: int = 5000  # steps; one step = --d-steps D updates + one G update
     out: str = "runs/conditionalgan"  # run folder
     lr: float = 2e-4  # Adam learning rate of G (and of D if --lr-d is 0)
     lr_d: float = 4e-4  # Adam learning rate of D, twice G's (TTUR, Heusel et al. 2017; see README); 0 = --lr
@@ -81,30 +81,19 @@ def main(cfg: TrainConfig) -> Path:
     G_ema = copy.deepcopy(G).requires_grad_(False).eval() if cfg.ema else None  # what samples and evaluate use
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z
-    step = resume(cfg, env, G, D, opt_g, opt_d, batches, G_ema)
+    modules, optimizers = {"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d}
+    step = training.resume(cfg, env, "ConditionalGAN", modules, optimizers, batches, optional=("G_ema",))
     fixed_z = torch.randn(cfg.grid_columns, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    losses = dict(loss=cfg.loss, class_weight=cfg.class_weight)
+    losses, extra = dict(loss=cfg.loss, class_weight=cfg.class_weight), {"classes": list(data.classes)}
 
-    def state() -> dict:
-        rngs = distributed.gather_objects(checkpoint.rng_state(), env)
-        return {"model": "ConditionalGAN", "step": step, "config": dataclasses.asdict(cfg),
-                "model_config": dataclasses.asdict(mcfg), "classes": list(data.classes),
-                "G": G.state_dict(), "D": D.state_dict(),
-                "G_ema": None if G_ema is None else G_ema.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "data": batches.state_dict(), "rng": rngs, "world_size": env.world_size,
-                "versions": checkpoint.versions()}
-
-    if env.is_main:
-        save_config(cfg.out, {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(mcfg),
-                              "precision_resolved": precision, "world_size": env.world_size})
-    log = RunLog(cfg.out, cfg.steps, start_step=step, enabled=env.is_main)
+    log = training.start_run(cfg, env, step, mcfg, precision, data)
     log.message(f"ConditionalGAN ({cfg.conditioning}, {cfg.loss}) {len(data)} {cfg.dataset} images, "
                 f"{data.num_classes} classes, {precision}, {device}, {env.world_size} process(es), "
                 f"G {n_params(G):,} / D {n_params(D):,} parameters")
+    saver = training.Saver(cfg, env, "ConditionalGAN", mcfg, modules, optimizers, batches, log)
+    guard = training.NonFiniteGuard(env, log)
     G_ddp, D_ddp = distributed.wrap(G, env), distributed.wrap(D, env)
-    start, stopped_early = time.perf_counter(), False
-    with checkpoint.StopSignal() as stop:
+    with training.Stopper(cfg.minutes, env) as stop:
         while step < cfg.steps:
             for _ in range(cfg.d_steps):
                 x_uint8, y = next(batches)
@@ -121,7 +110,8 @@ def main(cfg: TrainConfig) -> Path:
                 loss_d, terms_d = discriminator_loss(real_out, fake_out, y, **losses)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
-                opt_d.step()
+                if guard.finite(step, loss_d=loss_d):  # a nan / inf loss skips the update (agreed by all ranks)
+                    opt_d.step()
 
             # G step through the just-updated D, on the last D step's fakes.
             with distributed.autocast(device, precision):
@@ -129,78 +119,36 @@ def main(cfg: TrainConfig) -> Path:
             loss_g, terms_g = generator_loss(gen_out, y, **losses)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
-            opt_g.step()
-            if G_ema is not None:
-                ema_update(G_ema, G, cfg.ema, step)
+            if guard.finite(step, loss_g=loss_g):
+                opt_g.step()
+                if G_ema is not None:
+                    ema_update(G_ema, G, cfg.ema, step)
             step += 1
 
             write = step % cfg.log_every == 0 or step == cfg.steps
-            metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms_d, **terms_g,
-                       "d_real": real_out[0].float().mean().item(),
-                       "d_fake": fake_out[0].float().mean().item()} if write else {}
+            metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), **terms_d, **terms_g,  # raw D logits:
+                       "logit_real": real_out[0].float().mean().item(),  # not DCGAN's probabilities d_real/d_fake
+                       "logit_fake": fake_out[0].float().mean().item()} if write else {}
             log.step(step, metrics, cfg.d_steps * x.shape[0] * env.world_size, write)  # real images read
-            out_of_time = cfg.minutes > 0 and time.perf_counter() - start > cfg.minutes * 60
-            if step % cfg.sample_every == 0 or step == cfg.steps or stop.requested or out_of_time:
+            stopping = stop.poll()  # agreed by every rank: a signal on any of them, or the --minutes budget
+            if step % cfg.sample_every == 0 or step == cfg.steps or stopping:
                 shown = G_ema if G_ema is not None else G.eval()  # rows = classes, columns = fixed z
                 log.images(step, class_grid(shown, list(range(data.num_classes)), cfg.grid_columns, z=fixed_z),
-                           nrow=cfg.grid_columns)
+                           nrow=cfg.grid_columns)  # tag "samples": the frames of progress.gif
                 G.train()
-            if step % cfg.ckpt_every == 0 or stop.requested or out_of_time:
-                save_checkpoint(cfg.out, state(), env, periodic=step % cfg.ckpt_every == 0)
-            if stop.requested or out_of_time:
-                stopped_early = True
-                log.message(f"stopping at step {step} ({'signal' if stop.requested else 'time budget'}); "
-                            f"checkpoint saved, continue with --resume auto")
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+                saver.save(step, periodic=step % cfg.ckpt_every == 0, extra=extra)
+            if stopping:
                 break
-    if not stopped_early and (step == 0 or step % cfg.ckpt_every):
-        save_checkpoint(cfg.out, state(), env, periodic=False)
-    log.close()
     del G_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
-    distributed.teardown(env)
-    return Path(cfg.out)
+    if saver.last_step != step:  # e.g. resumed at the last step: finish() would save without the class names
+        saver.save(step, extra=extra)
+    return training.finish(step, cfg, env, saver, stop, log)
 
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# Adapted from DCGAN/train.py (save_checkpoint, resume): model name ConditionalGAN.
-def save_checkpoint(out: str, state: dict, env: distributed.Dist, periodic: bool) -> None:
-    """Rank 0 writes; everyone waits so no process races ahead of a half-written checkpoint."""
-    if env.is_main:
-        checkpoint.save_run_checkpoint(out, state, periodic=periodic)
-    distributed.barrier(env)
-
-
-def resume(cfg: TrainConfig, env: distributed.Dist, G, D, opt_g, opt_d, batches: BatchIterator, G_ema=None) -> int:
-    """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from."""
-    if not cfg.resume:
-        return 0
-    path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else cfg.resume
-    if path is None:
-        return 0  # --resume auto with nothing to resume: a fresh run
-    state = checkpoint.load(path, model="ConditionalGAN", map_location=env.device)
-    try:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        if G_ema is not None:  # a run that kept no average starts one from the current G
-            G_ema.load_state_dict(state.get("G_ema") or state["G"])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{path} was trained with other network sizes or conditioning than these "
-                                         f"flags ({str(e).splitlines()[0][:120]})") from None
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
-    batches.load_state_dict(state["data"])
-    if state.get("world_size", 1) == env.world_size:
-        checkpoint.set_rng_state(state["rng"][env.rank])
-    else:  # a different process count cannot replay the same noise; continue with fresh, seeded streams
-        torch.manual_seed(cfg.seed + env.rank + 1_000_003 * state["step"])
-    return state["step"]
-
-
 if __name__ == "__main__":
-    config = cli.parse(TrainConfig, check=check)
-    try:
-        main(config)
-    except (DataError, checkpoint.CheckpointError) as err:
-        cli.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    training.run_main(main, cli.parse(TrainConfig, check=check))

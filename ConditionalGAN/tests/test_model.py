@@ -32,8 +32,13 @@ def test_shapes_and_range(conditioning, size, channels):
                  conditioning=conditioning)
     G, D = Generator(cfg), Discriminator(cfg)
     y = torch.tensor([0, 1, 2, 1, 0])
-    x = G(torch.randn(5, 16), y)
-    assert x.shape == (5, channels, size, size) and x.abs().max() <= 1.0
+    z = torch.randn(5, 16)
+    x = G(z, y)
+    assert x.shape == (5, channels, size, size) and torch.isfinite(x).all() and x.std() > 0
+    with torch.no_grad():  # an output layer 1000x too strong: only a final tanh keeps the images in [-1, 1]
+        G.to_image.weight.mul_(1000)
+        saturated = G(z, y)
+    assert saturated.abs().max() <= 1.0 and saturated.abs().max() > 0.99
     logit, class_logits = D(x, y)
     assert logit.shape == (5,)
     assert (class_logits is None) == (conditioning == "projection")
