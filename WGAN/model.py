@@ -34,12 +34,11 @@ Deviations:
     not torch's nn.LayerNorm (which would learn a scale per pixel).
   * The original WGAN code (not the paper) runs 100 critic updates for the first 25 generator updates and every
     500th; Algorithm 1, implemented here, uses n_critic throughout.
-  * train.py's WGAN-GP learning rates are 3e-4 for G and 6e-4 for the critic, not the paper's 1e-4 for both (`--lr
-    1e-4 --lr-d 0`): at 1e-4 a 10-minute CPU run is still at the grey-blob stage, and a critic at twice G's rate
-    (Heusel et al.'s two time-scale rule) stays ahead of G with one update per generator update. So its WGAN-GP
-    n_critic is 1, not the paper's 5 (`--n-critic 5`): in 10 minutes on 2 threads that reaches MNIST FID 23.7 and
-    37.2 in two runs, against 65.3 for one rate at n_critic 2 and 192.7 at the paper's 5 (one thread; README,
-    Results). Betas (0, 0.9) and lambda 10 are the paper's; --variant clip keeps one rate and n_critic 5.
+  * train.py's WGAN-GP learning rates are 3e-4 for G and 6e-4 for the critic, not the paper's 1e-4 for both
+    (`--lr 1e-4`), and its n_critic is 1, not the paper's 5 (`--n-critic 5`): a critic at twice G's rate (Heusel
+    et al.'s two time-scale rule) stays ahead of G with one update per generator update, so a short CPU run makes
+    about five times the generator updates (the measured figures are in the README and EXPERIMENTS.md). Betas
+    (0, 0.9) and lambda 10 are the paper's; --variant clip keeps the WGAN paper's one rate and n_critic 5.
   * train.py defaults to 32x32 images and widths 32 so a 2-core CPU trains it in minutes (see README).
 """
 from __future__ import annotations
@@ -78,7 +77,7 @@ class Config:
 
 # ---------------------------------------------------------------- building blocks
 
-# Adapted from DCGAN/model.py (blocks, init, Generator, sampling): the critic's normalisation is a choice here.
+# Adapted from DCGAN/model.py (blocks, init, Generator, slerp, interpolate): the critic's normalisation is a choice.
 def up_block(c_in: int, c_out: int) -> nn.Sequential:
     """Transposed conv doubling H and W, then BatchNorm and ReLU."""
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
@@ -171,10 +170,14 @@ def generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     return -fake_scores.float().mean()
 
 
-def random_interpolates(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def random_interpolates(real: torch.Tensor, fake: torch.Tensor,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_hat = alpha x + (1 - alpha) x_tilde with one alpha ~ U[0, 1] per sample (Gulrajani et al. Algorithm 1,
-    line 6); returns x_hat (B, C, H, W) and alpha (B, 1, 1, 1)."""
-    alpha = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)  # (B, 1, 1, 1)
+    line 6); returns x_hat (B, C, H, W) and alpha (B, 1, 1, 1). alpha comes from `generator` if given (on its
+    device), else from the global RNG."""
+    shape = (real.shape[0], *[1] * (real.dim() - 1))  # (B, 1, 1, 1)
+    alpha = torch.rand(shape, generator=generator, device=generator.device if generator else real.device,
+                       dtype=real.dtype).to(real.device)
     return torch.lerp(fake, real, alpha), alpha  # fake + alpha (real - fake)
 
 
@@ -205,6 +208,7 @@ def clip_weights(critic: nn.Module, c: float) -> None:
 
 # ---------------------------------------------------------------- sampling
 
+# Copied from DCGAN/model.py: sample
 @torch.no_grad()
 def sample(generator: Generator, n: int, z: torch.Tensor | None = None,
            rng: torch.Generator | None = None, batch_size: int = 256) -> torch.Tensor:
