@@ -28,10 +28,20 @@ def cpu_line(threads: int | None = None) -> str:
 def matmul_peak(dtype: torch.dtype, n: int = 3072, repeats: int = 5, seconds: float = 0.5) -> float:
     """FLOP/s of large square (n x n) matmuls in `dtype` on the CPU with the current thread count (set it to the
     run's first): the best of `repeats` timed windows of about `seconds` each, after a warm-up. Large squares
-    and the best window come close to the hardware's peak; small or single timings under-measure it."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(2):
+    and the best window come close to the hardware's peak; small or single timings under-measure it. Where one
+    matmul would take longer than about `seconds` (bf16 emulated on an AVX2-only CPU is ~1000x slower), a
+    smaller square is used, so the probe stays within a few seconds."""
+    size = 256  # grow towards n while one matmul stays well inside a window (never start with a slow giant)
+    while True:
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        start = time.perf_counter()
         a @ b
+        took = time.perf_counter() - start
+        if size >= n or took * 8 > seconds:
+            break
+        size *= 2
+    n = size
+    a @ b
     best = 0.0
     for _ in range(repeats):
         count, start = 0, time.perf_counter()

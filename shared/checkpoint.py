@@ -136,12 +136,13 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], key: str, path:
 
 
 def save_pretrained(path: str | Path, model: str, model_config: dict, weights: dict[str, dict[str, torch.Tensor]],
-                    source: str, dtype: torch.dtype = torch.float16) -> Path:
+                    source: str, dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> Path:
     """Small weights for `sample.py --pretrained`: {name: state_dict} with float tensors cast to `dtype`,
     plus the model config and a line saying which run made them (a weights_only-safe checkpoint)."""
     small = {name: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
              for name, sd in weights.items()}
-    return save(path, {"model": model, "step": -1, "model_config": model_config, "source": source, **small})
+    return save(path, {"model": model, "step": -1, "model_config": model_config, "source": source, **small,
+                       **(extra or {})})
 
 
 def load_pretrained(path: str | Path, model: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

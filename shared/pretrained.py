@@ -35,7 +35,8 @@ def export(run: str, model: str, keys: list[str], out: str) -> Path:
     cfg = state["config"]
     source = (f"{model} run {run}: step {state['step']}, --dataset {cfg.get('dataset')}, --minutes "
               f"{cfg.get('minutes')}, {state.get('world_size', 1)} process(es), commit {git_commit(Path(run))}")
-    return checkpoint.save_pretrained(out, model, state["model_config"], weights, source)
+    plain = {k: state[k] for k in ("classes",) if k in state}  # e.g. class names for a conditional sampler
+    return checkpoint.save_pretrained(out, model, state["model_config"], weights, source, extra=plain)
 
 
 def main() -> None:

@@ -89,6 +89,7 @@ class RunLog:
         self.last_images: dict[str, Path] = {}  # tag -> newest grid written
         self.gif: Path | None = None
         self.wandb = None
+        self.closed = False
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -152,7 +153,8 @@ class RunLog:
             self.bar.write(text)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.closed:
+            self.closed = True
             self.bar.close()
             self.jsonl.close()
             self.writer.close()

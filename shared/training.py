@@ -33,7 +33,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -71,11 +71,12 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str
 
 def resume(cfg: Any, env: distributed.Dist, model: str, modules: dict[str, nn.Module],
            optimizers: dict[str, torch.optim.Optimizer], batches: BatchIterator,
-           optional: tuple[str, ...] = ()) -> int:
+           optional: tuple[str, ...] = (), restore: dict[str, Any] | None = None) -> int:
     """Restore the full training state if asked (--resume auto|PATH); returns the step to continue from (0 = a
     fresh run). Flags that differ from the checkpoint's are printed; learning rates and the other changeable
     flags take their new value (in the optimizers too), any other difference raises CheckpointError (exit 2).
-    Modules named in `optional` may be absent from the checkpoint (e.g. an EMA copy turned on later)."""
+    Modules named in `optional` may be absent from the checkpoint (e.g. an EMA copy turned on later). Each key
+    of `restore` (a folder's extra state, e.g. {"critic_updates": 0}) is set to the checkpoint's value, if any."""
     if not cfg.resume:
         return 0
     path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else checkpoint.resolve(cfg.resume)
@@ -100,6 +101,9 @@ def resume(cfg: Any, env: distributed.Dist, model: str, modules: dict[str, nn.Mo
         for group, lr in zip(opt.param_groups, fresh_lrs):
             group["lr"] = lr
     batches.load_state_dict(state["data"])
+    for key in restore or {}:
+        if key in state:
+            restore[key] = state[key]
     if state.get("world_size", 1) == env.world_size:
         checkpoint.set_rng_state(state["rng"][env.rank])
     else:  # a different process count cannot replay the same noise; continue with fresh, seeded streams
@@ -163,32 +167,36 @@ def non_finite_entries(state: Any, prefix: str = "") -> list[str]:
 
 class Saver:
     """Writes the run's checkpoints (rank 0; every rank takes part in gathering the RNG states), never one with
-    non-finite weights: such a state is refused with a warning and the last good checkpoint stays."""
+    non-finite weights: a state holding nan/inf anywhere (weights, buffers, optimizer moments), on any rank,
+    cannot heal, so it raises TrainingDiverged (exit 3) and the last good checkpoint stays as it was.
+    `extra()` returns a folder's own state to store with every checkpoint (e.g. a counter)."""
 
     def __init__(self, cfg: Any, env: distributed.Dist, model: str, model_config: Any,
                  modules: dict[str, nn.Module | None], optimizers: dict[str, torch.optim.Optimizer],
-                 batches: BatchIterator, log: RunLog | None = None) -> None:
+                 batches: BatchIterator, log: RunLog | None = None,
+                 extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.cfg, self.env, self.model, self.model_config = cfg, env, model, model_config
         self.modules, self.optimizers, self.batches, self.log = modules, optimizers, batches, log
+        self.extra = extra
         self.last: Path | None = None  # newest checkpoint written
         self.last_step = -1
 
     def save(self, step: int, periodic: bool = False, extra: dict[str, Any] | None = None) -> Path | None:
+        extra = {**(self.extra() if self.extra else {}), **(extra or {})}
         state = state_dict(self.cfg, self.env, self.model, step, self.model_config, self.modules,
                            self.optimizers, self.batches, extra)
         bad = non_finite_entries({k: v for k, v in state.items() if k not in ("rng", "config")})
-        if bad:
-            message = (f"warning: step {step}: not writing a checkpoint, {len(bad)} tensors hold nan/inf "
-                       f"(first: {bad[0]}); the last good checkpoint ({self.last or 'none'}) is kept")
+        if distributed.all_max([float(bool(bad))], self.env)[0]:
+            where = f"{len(bad)} tensors hold nan/inf (first: {bad[0]})" if bad else "another rank's state is not finite"
             if self.log is not None:
-                self.log.message(message)
-            elif self.env.is_main:
-                print(message, flush=True)
-        elif self.env.is_main:
+                self.log.close()
+            raise TrainingDiverged(f"training diverged: at step {step} {where}; no checkpoint written, the last "
+                                   f"good one ({self.last or 'none this run'}) is kept: lower --lr")
+        if self.env.is_main:
             self.last = checkpoint.save_run_checkpoint(self.cfg.out, state, periodic=periodic)
         self.last_step = step
         distributed.barrier(self.env)  # nobody races ahead of a half-written checkpoint
-        return None if bad else self.last
+        return self.last
 
 
 class NonFiniteGuard:
@@ -221,6 +229,8 @@ class NonFiniteGuard:
             self.log.message(f"warning: step {step + 1}: non-finite {what}; update skipped "
                              f"({self.in_a_row} in a row, {self.patience} stop the run)")
         if self.in_a_row >= self.patience:
+            if self.log is not None:
+                self.log.close()
             raise TrainingDiverged(f"training diverged: {self.patience} non-finite losses in a row (last at step "
                                    f"{step + 1}, {what}); lower --lr, or resume from an earlier checkpoint "
                                    f"in checkpoints/")

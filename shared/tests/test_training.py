@@ -54,7 +54,9 @@ def test_resume_takes_a_new_learning_rate_into_the_optimizer(tmp_path, capsys):
     cfg = save_toy_run(tmp_path, lr=2e-4)
     new = dataclasses.replace(cfg, lr=1e-3, steps=50, resume="auto")
     modules, optimizers, batches = toy_parts(new)
-    assert training.resume(new, ONE, "Toy", modules, optimizers, batches) == 7
+    restore = {"world_size": None, "absent": "kept"}
+    assert training.resume(new, ONE, "Toy", modules, optimizers, batches, restore=restore) == 7
+    assert restore == {"world_size": 1, "absent": "kept"}
     assert optimizers["opt"].param_groups[0]["lr"] == 1e-3
     assert optimizers["opt"].state[modules["net"].weight]["step"] == 1  # the Adam moments came back
     out = capsys.readouterr().out
@@ -103,16 +105,17 @@ def test_guard_counts_each_loss_on_its_own():
     assert step == 2
 
 
-def test_saver_never_writes_non_finite_weights_over_a_good_checkpoint(tmp_path, capsys):
+def test_saver_never_writes_non_finite_weights_over_a_good_checkpoint(tmp_path):
     cfg = ToyConfig(out=str(tmp_path / "run"))
     modules, optimizers, batches = toy_parts(cfg)
-    saver = training.Saver(cfg, ONE, "Toy", ToyNet(), modules, optimizers, batches)
+    saver = training.Saver(cfg, ONE, "Toy", ToyNet(), modules, optimizers, batches,
+                           extra=lambda: {"counter": 41})
     good = saver.save(1)
-    assert good is not None
+    assert good is not None and checkpoint.load(good, "Toy")["counter"] == 41
     with torch.no_grad():
         modules["net"].weight[0, 0] = float("nan")
-    assert saver.save(2) is None
-    assert "not writing a checkpoint" in capsys.readouterr().out
+    with pytest.raises(training.TrainingDiverged, match="no checkpoint written"):
+        saver.save(2)
     state = checkpoint.load(tmp_path / "run", "Toy")
     assert state["step"] == 1 and torch.isfinite(state["net"]["weight"]).all()
     assert training.non_finite_entries({"net": modules["net"].state_dict()}) == ["net.weight"]
