@@ -84,13 +84,14 @@ def main(cfg: TrainConfig) -> Path:
     modules, optimizers = {"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d}
     step = training.resume(cfg, env, "ConditionalGAN", modules, optimizers, batches, optional=("G_ema",))
     fixed_z = torch.randn(cfg.grid_columns, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    losses, extra = dict(loss=cfg.loss, class_weight=cfg.class_weight), {"classes": list(data.classes)}
+    losses = dict(loss=cfg.loss, class_weight=cfg.class_weight)
 
     log = training.start_run(cfg, env, step, mcfg, precision, data)
     log.message(f"ConditionalGAN ({cfg.conditioning}, {cfg.loss}) {len(data)} {cfg.dataset} images, "
                 f"{data.num_classes} classes, {precision}, {device}, {env.world_size} process(es), "
                 f"G {n_params(G):,} / D {n_params(D):,} parameters")
-    saver = training.Saver(cfg, env, "ConditionalGAN", mcfg, modules, optimizers, batches, log)
+    saver = training.Saver(cfg, env, "ConditionalGAN", mcfg, modules, optimizers, batches, log,
+                           extra=lambda: {"classes": list(data.classes)})  # for sample.py's class names
     guard = training.NonFiniteGuard(env, log)
     G_ddp, D_ddp = distributed.wrap(G, env), distributed.wrap(D, env)
     with training.Stopper(cfg.minutes, env) as stop:
@@ -137,12 +138,10 @@ def main(cfg: TrainConfig) -> Path:
                            nrow=cfg.grid_columns)  # tag "samples": the frames of progress.gif
                 G.train()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                saver.save(step, periodic=step % cfg.ckpt_every == 0, extra=extra)
+                saver.save(step, periodic=step % cfg.ckpt_every == 0)
             if stopping:
                 break
     del G_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
-    if saver.last_step != step:  # e.g. resumed at the last step: finish() would save without the class names
-        saver.save(step, extra=extra)
     return training.finish(step, cfg, env, saver, stop, log)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from model import (VARIANTS, Config, Critic, Generator, clip_weights, critic_gradient_norm, critic_loss,
                    generator_loss, gradient_penalty, random_interpolates, sample, wasserstein_estimate)
-from shared import checkpoint, cli, dist as distributed, training
+from shared import cli, dist as distributed, training
 from shared.data import BatchIterator, load_dataset, to_float
 
 # Per-variant defaults of the flags the user did not give (apply_variant_defaults). clip: Arjovsky et al.'s RMSprop
@@ -103,14 +103,16 @@ def main(cfg: TrainConfig) -> Path:
     batches = BatchIterator(data, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own z and alpha
     modules, optimizers = {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d}
-    step = training.resume(cfg, env, "WGAN", modules, optimizers, batches)
-    critic_updates = saved_critic_updates(cfg, step)
+    saved = {"critic_updates": 0}  # the checkpoint's count, if resuming
+    step = training.resume(cfg, env, "WGAN", modules, optimizers, batches, restore=saved)
+    critic_updates = int(saved["critic_updates"])
     fixed_z = torch.randn(64, mcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
 
     log = training.start_run(cfg, env, step, mcfg, precision, data)
     log.message(f"WGAN-{cfg.variant} {len(data)} {cfg.dataset} images, {precision}, {device}, {env.world_size} "
                 f"process(es), critic norm {mcfg.critic_norm}, G {n_params(G):,} / critic {n_params(D):,} parameters")
-    saver = training.Saver(cfg, env, "WGAN", mcfg, modules, optimizers, batches, log)
+    saver = training.Saver(cfg, env, "WGAN", mcfg, modules, optimizers, batches, log,
+                           extra=lambda: {"critic_updates": critic_updates})
     guard = training.NonFiniteGuard(env, log)
     G_ddp, D_ddp = distributed.wrap(G, env), distributed.wrap(D, env)
     with training.Stopper(cfg.minutes, env) as stop:
@@ -164,12 +166,10 @@ def main(cfg: TrainConfig) -> Path:
                 log.images(step, sample(G, 64, z=fixed_z))
                 G.train()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                saver.save(step, periodic=step % cfg.ckpt_every == 0, extra={"critic_updates": critic_updates})
+                saver.save(step, periodic=step % cfg.ckpt_every == 0)
             if stopping:
                 break
     del G_ddp, D_ddp  # DDP wrappers must be gone before the process group is destroyed
-    if saver.last_step != step:  # e.g. resumed at the last step: finish() would save without critic_updates
-        saver.save(step, extra={"critic_updates": critic_updates})
     return training.finish(step, cfg, env, saver, stop, log)
 
 
@@ -177,14 +177,6 @@ def squared_norm(module: torch.nn.Module) -> torch.Tensor:
     """Sum of the squared gradients, inf when one overflows: a finite loss can have such gradients (--lr 1e8), and
     they would put inf into Adam's or RMSprop's second moments for good (no checkpoint could be written again)."""
     return sum((p.grad.float().square().sum() for p in module.parameters() if p.grad is not None), torch.zeros(()))
-
-
-def saved_critic_updates(cfg: TrainConfig, step: int) -> int:
-    """The critic updates recorded in the checkpoint training.resume continued from (0 for a fresh run)."""
-    if step == 0:
-        return 0
-    path = checkpoint.latest(cfg.out) if cfg.resume == "auto" else checkpoint.resolve(cfg.resume)
-    return int(checkpoint.load(path, model="WGAN")["critic_updates"])
 
 
 def logged_gradient_norm(critic: torch.nn.Module, x: torch.Tensor, fake: torch.Tensor, seed: int) -> torch.Tensor:

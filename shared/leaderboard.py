@@ -54,6 +54,15 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
     return {**json.loads(lines[-1]), "minutes": minutes}
 
 
+def collect(model: str, dataset: str, minutes: float) -> dict | None:
+    """The newest evaluation record of an earlier leaderboard run (runs/leaderboard/<dataset>), or None."""
+    path = ROOT / model / "runs" / "leaderboard" / dataset / "eval.jsonl"
+    if not path.is_file():
+        print(f"[{model}] no evaluation at {path}", file=sys.stderr)
+        return None
+    return {**json.loads(path.read_text().splitlines()[-1]), "minutes": minutes}
+
+
 def markdown(records: dict[str, list[dict]], minutes: float, num: int, machine: str = "") -> str:
     """LEADERBOARD.md: one table (a row per model and dataset), the protocol stated above it."""
     text = ["# Leaderboard", "",
@@ -104,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     p.add_argument("--skip-training", action="store_true",
                    help="re-evaluate the runs a previous leaderboard trained (e.g. after a metric change)")
+    p.add_argument("--collect", action="store_true",
+                   help="neither train nor evaluate: write the table from the runs' newest evaluations (e.g. after "
+                        "running the datasets as separate processes, one thread each)")
     p.add_argument("--out", default=str(ROOT / "LEADERBOARD.md"))
     args = p.parse_args(argv)
     datasets = args.datasets
@@ -113,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     machine = f"{cpu_line(args.threads)}, one run at a time"
     out, records = Path(args.out), {}
     for dataset in datasets:  # the table is rewritten after each dataset: a cut-short run keeps what it measured
-        rows = [run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
+        rows = [collect(m, dataset, args.minutes) if args.collect else
+                run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
                 for m in participating(args.models)]
         if any(r is not None for r in rows):
             records[dataset] = [r for r in rows if r is not None]

@@ -286,9 +286,9 @@ def finish(step: int, cfg: Any, env: distributed.Dist, saver: Saver, stop: Stopp
              f"  checkpoint  {saver.last or out / 'checkpoints' / 'latest.pt'}",
              f"  next        python sample.py --checkpoint {out}   |   python evaluate.py --checkpoint {out}",
              f"  curves      tensorboard --logdir {out}"]
-    for line in lines:
-        log.message(line)
-    log.close()
+    log.close()  # the progress bar first, so the summary prints below it
+    if env.is_main:
+        print("\n".join(lines), flush=True)
     distributed.teardown(env)
     if stop.signum:
         raise SystemExit(128 + stop.signum)

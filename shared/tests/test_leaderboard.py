@@ -53,3 +53,18 @@ def test_default_protocol_covers_embedded_mnist_and_shapes_without_a_data_root(t
     assert calls == [("DCGAN", "mnist", ""), ("DCGAN", "shapes", "")]
     text = (tmp_path / "LB.md").read_text()
     assert "| DCGAN | GAN | mnist |" in text and "Measured on: CPU: " in text
+
+
+def test_collect_writes_the_table_from_earlier_evaluations_without_running_anything(tmp_path, monkeypatch):
+    for dataset, fid in (("mnist", 7.0), ("shapes", 50.0)):
+        run = tmp_path / "Toy" / "runs" / "leaderboard" / dataset
+        run.mkdir(parents=True)
+        (run / "eval.jsonl").write_text(json.dumps({"model": "Toy", "family": "GAN", "dataset": dataset, "fid": 1.0})
+                                        + "\n" + json.dumps({"model": "Toy", "family": "GAN", "dataset": dataset,
+                                                             "fid": fid, "extractor": "c", "num_samples": 9}) + "\n")
+    monkeypatch.setattr(leaderboard, "ROOT", tmp_path)
+    monkeypatch.setattr(leaderboard, "participating", lambda models: ["Toy"])
+    monkeypatch.setattr(leaderboard, "run_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    leaderboard.main(["--collect", "--out", str(tmp_path / "LB.md")])
+    text = (tmp_path / "LB.md").read_text()
+    assert "| Toy | GAN | mnist | 7.00 |" in text and "| Toy | GAN | shapes | 50.00 |" in text
