@@ -116,13 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--collect", action="store_true",
                    help="neither train nor evaluate: write the table from the runs' newest evaluations (e.g. after "
                         "running the datasets as separate processes, one thread each)")
+    p.add_argument("--runs-note", default="", help="how the runs shared the machine, for the table's header "
+                   "(default: 'one run at a time')")
     p.add_argument("--out", default=str(ROOT / "LEADERBOARD.md"))
     args = p.parse_args(argv)
     datasets = args.datasets
     data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
     from shared.bench import cpu_line
 
-    machine = f"{cpu_line(args.threads)}, one run at a time"
+    machine = f"{cpu_line(args.threads)}, " + (args.runs_note or "one run at a time")
     out, records = Path(args.out), {}
     for dataset in datasets:  # the table is rewritten after each dataset: a cut-short run keeps what it measured
         rows = [collect(m, dataset, args.minutes) if args.collect else
