@@ -14,17 +14,15 @@ Prints and appends to <run>/eval.jsonl:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from model import Config, encode, reconstruct, sample
 from sample import load_models
 from shared import evaluation, metrics
-from shared.data import load_dataset, to_float
-from shared.evaluation import Capabilities, representation, subset
+from shared.data import ImageData, to_float
+from shared.evaluation import Capabilities, representation
 from train import build
 
 
@@ -40,26 +38,19 @@ def main(cfg: EvalConfig) -> dict:
     caps = Capabilities(sample=lambda n, gen: sample(G, n, rng=gen), encode=lambda x: encode(E, x),
                         reconstruct=lambda x: reconstruct(G, E, x))
     record = evaluation.evaluate_checkpoint("BiGAN", "GAN", caps, cfg, train_cfg,
-                                            params=sum(p.numel() for net in (G, E) for p in net.parameters()))
-    record.update(baselines(G, state, train_cfg["dataset"], cfg.data_root or train_cfg["data_root"] or None,
-                            train_cfg["image_size"], cfg.num, cfg.seed))
+                                            params=sum(p.numel() for net in (G, E) for p in net.parameters()),
+                                            extra=lambda rec, ref, held: baselines(G, state, ref, held, cfg.seed))
     print(f"  BiGAN encoder vs the same encoder untrained (random init, seed {train_cfg['seed']}):")
     for key in ("linear_probe", "knn"):
         print(f"    {key:26s} {record[key]:8.4f}   random init {record[key + '_random_init']:8.4f}")
     print(f"    {'reconstruction MSE':26s} {record['mse']:8.4f}   random sample G(z) {record['mse_random_sample']:8.4f}")
-    # the harness appended its record; this one adds the baselines (until evaluate() takes extra figures itself)
-    replace_last_record(evaluation.run_dir_of(cfg.checkpoint) / "eval.jsonl", record)
     return record
 
 
-def baselines(G, state: dict, dataset: str, data_root: str | None, image_size: int, num: int, seed: int) -> dict:
-    """Probe accuracy of the untrained E, and the MSE of held-out images to random samples G(z).
-
-    Uses the harness's own subsets (training images `subset(train, num, seed)` for fitting the probe,
-    held-out `subset(test, num, seed + 1)` for scoring), so the figures sit beside the harness's.
-    """
-    train = subset(load_dataset(dataset, data_root, image_size, "train", seed=0), num, seed)
-    test = subset(load_dataset(dataset, data_root, image_size, "test", seed=0), num, seed + 1)
+def baselines(G, state: dict, train: ImageData, test: ImageData, seed: int) -> dict:
+    """Probe accuracy of the untrained E, and the MSE of held-out images to random samples G(z), on the harness's
+    own sets (`train`: the training images that fit the probe, `test`: the held-out images that score it), so the
+    figures sit beside the harness's and go into the same eval.jsonl record."""
     _, E0, _ = build(Config(**state["model_config"]), state["config"]["seed"])  # E exactly as train.py began
     E0.eval()
     rand = representation(lambda x: encode(E0, x), train, test)
@@ -67,12 +58,6 @@ def baselines(G, state: dict, dataset: str, data_root: str | None, image_size: i
     fake = sample(G, len(x), rng=torch.Generator().manual_seed(seed + 3))
     return {"linear_probe_random_init": rand["linear_probe"], "knn_random_init": rand["knn"],
             "mse_random_sample": metrics.mse_psnr(x, fake)[0]}
-
-
-def replace_last_record(path: Path, record: dict) -> None:
-    """Rewrite the last line of eval.jsonl (the harness's record of this evaluation) as `record`."""
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
 
 
 if __name__ == "__main__":
