@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ MODEL_FOLDERS = ["DCGAN", "WGAN", "BiGAN", "ConditionalGAN", "CycleGAN", "StyleG
 COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("dataset", "dataset", "{}"), ("fid", "FID", "{:.2f}"),
            ("fid_floor", "FID floor", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("bits_per_dim", "bits/dim", "{:.3f}"), ("mse", "recon. MSE", "{:.4f}"),
-           ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}")]
+           ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}"),
+           ("trained", "trained (UTC)", "{}")]
 
 
 def participating(models: list[str] | None) -> list[str]:
@@ -51,7 +53,13 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
             print(f"[{model}] failed: {' '.join(cmd[1:])}", file=sys.stderr)
             return None
     lines = (folder / out / "eval.jsonl").read_text().splitlines()
-    return {**json.loads(lines[-1]), "minutes": minutes}
+    return {**json.loads(lines[-1]), "minutes": minutes, "trained": trained_at(folder / out)}
+
+
+def trained_at(run: Path) -> str | None:
+    """When the run's last checkpoint was written (UTC), so rows of different sessions are told apart."""
+    latest = run / "checkpoints" / "latest.pt"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(latest.stat().st_mtime)) if latest.is_file() else None
 
 
 def collect(model: str, dataset: str, minutes: float) -> dict | None:
@@ -60,7 +68,7 @@ def collect(model: str, dataset: str, minutes: float) -> dict | None:
     if not path.is_file():
         print(f"[{model}] no evaluation at {path}", file=sys.stderr)
         return None
-    return {**json.loads(path.read_text().splitlines()[-1]), "minutes": minutes}
+    return {**json.loads(path.read_text().splitlines()[-1]), "minutes": minutes, "trained": trained_at(path.parent)}
 
 
 def markdown(records: dict[str, list[dict]], minutes: float, num: int, machine: str = "") -> str:
@@ -69,7 +77,9 @@ def markdown(records: dict[str, list[dict]], minutes: float, num: int, machine: 
             f"Every model trained for **{minutes:g} minutes** of wall-clock on this machine's CPU with its default "
             f"flags, then evaluated by `evaluate.py --num {num}` (shared/evaluation.py). FID, precision and "
             "recall use the dataset's own classifier features (listed below the table); the floor is the FID "
-            "between two disjoint real sets of the same size. Written by `nox -s leaderboard`; do not edit.", "",
+            "between two disjoint real sets of the same size. Speeds (img/s) compare only between rows trained in "
+            "the same session (the `trained` column: sessions differ in CPU and in what else ran). Written by "
+            "`nox -s leaderboard`; do not edit.", "",
             *([f"Measured on: {machine}.", ""] if machine else []),
             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     rows = [r for dataset_rows in records.values() for r in dataset_rows]

@@ -113,11 +113,14 @@ def resume(cfg: Any, env: distributed.Dist, model: str, modules: dict[str, nn.Mo
 
 def start_run(cfg: Any, env: distributed.Dist, step: int, model_config: Any, precision: str,
               data: ImageData) -> RunLog:
-    """Write config.json (the flags, the network config, the resolved precision, which data and how much) and
+    """Write config.json (the flags, the network config, the resolved precision, which data and how much, the CPU
+    and the start time, so figures from different machines or sessions are told apart) and
     open the run's log (progress bar, metrics.jsonl, TensorBoard, W&B with --wandb)."""
     config = {**dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model_config),
               "precision_resolved": precision, "world_size": env.world_size,
-              "data_source": data.source, "data_size": len(data)}
+              "data_source": data.source, "data_size": len(data),
+              "cpu": f"{distributed.cpu_model()} | {distributed.bf16_flags()}",
+              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if env.is_main:
         save_config(cfg.out, config)
     log = RunLog(cfg.out, cfg.steps, start_step=step, enabled=env.is_main,

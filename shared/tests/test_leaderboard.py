@@ -68,3 +68,20 @@ def test_collect_writes_the_table_from_earlier_evaluations_without_running_anyth
     leaderboard.main(["--collect", "--out", str(tmp_path / "LB.md")])
     text = (tmp_path / "LB.md").read_text()
     assert "| Toy | GAN | mnist | 7.00 |" in text and "| Toy | GAN | shapes | 50.00 |" in text
+
+
+def test_rows_name_when_their_run_trained_so_sessions_are_told_apart(tmp_path, monkeypatch):
+    import os
+
+    run = tmp_path / "Toy" / "runs" / "leaderboard" / "mnist"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "eval.jsonl").write_text(json.dumps({"model": "Toy", "family": "GAN", "dataset": "mnist", "fid": 2.0,
+                                                "extractor": "c", "num_samples": 9}) + "\n")
+    (run / "checkpoints" / "latest.pt").write_bytes(b"x")
+    os.utime(run / "checkpoints" / "latest.pt", (1796083200, 1796083200))  # 2026-12-01 00:00 UTC
+    monkeypatch.setattr(leaderboard, "ROOT", tmp_path)
+    monkeypatch.setattr(leaderboard, "participating", lambda models: ["Toy"])
+    leaderboard.main(["--collect", "--datasets", "mnist", "--out", str(tmp_path / "LB.md")])
+    text = (tmp_path / "LB.md").read_text()
+    assert "trained (UTC)" in text and "| 2026-12-01 00:00 |" in text
+    assert "compare only between rows trained in the same session" in text

@@ -217,3 +217,13 @@ def test_metrics_jsonl_stays_strict_json_with_nan(tmp_path):
 
     record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
     assert record["loss"] is None and record["big"] is None and record["ok"] == 1.5
+
+
+def test_config_json_names_the_data_the_cpu_and_the_start(tmp_path):
+    cfg = ToyConfig(out=str(tmp_path))
+    log = training.start_run(cfg, ONE, 0, ToyNet(), "fp32", toy_data())
+    log.close()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data_size"] == 16 and config["precision_resolved"] == "fp32"
+    assert config["cpu"].startswith(distributed.cpu_model()) and "avx512_bf16" in config["cpu"]
+    assert config["started"].endswith(" UTC") and config["started"][:4].isdigit()
