@@ -1,0 +1,25 @@
+"""benchmark.py on a tiny setting: the CPU line comes first, then a row per precision with its share of the peak."""
+import sys
+
+import torch
+
+import benchmark
+from shared import bench
+
+
+def test_benchmark_names_the_cpu_first_and_reports_the_real_loop(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, **kw: 1e11 if dtype == torch.float32 else 2e10)
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--dataset", "mnist", "--steps", "4", "--warmup", "2",
+                                      "--threads", "1", "--image-size", "16", "--batch-size", "8",
+                                      "--precisions", "fp32"])
+    benchmark.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("CPU: ") and "1 threads" in lines[0]
+    assert "fp32 0.100 TFLOP/s" in lines[1] and "bf16" not in lines[1]
+    rows = [line.split() for line in lines if line.strip().startswith("fp32 ")]
+    assert len(rows) == 1 and float(rows[0][1]) > 0 and 0 < float(rows[0][3].rstrip("%")) < 100
+
+
+def test_flops_grow_with_the_batch_and_the_image():
+    small, batch2, big = (benchmark.flops_per_step(s, 3, b) for s, b in ((16, 4), (16, 8), (32, 4)))
+    assert 1.9 * small < batch2 < 2.1 * small and big > 2 * small
