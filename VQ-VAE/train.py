@@ -26,6 +26,7 @@ import torch.distributed as torch_dist
 
 from model import (VQVAE, Config, Prior, codebook_loss, commitment_loss, ema_update, perplexity, prior_nll,
                    reconstruct, reconstruction_loss, restart_dead_codes, sample, track_counts)
+from sample import interleave
 from shared import checkpoint, cli, dist as distributed, training
 from shared.data import BatchIterator, ImageData, load_dataset, to_float
 
@@ -82,11 +83,14 @@ def check(cfg: TrainConfig) -> None:
 
 
 def stage_config(cfg: TrainConfig, stage: str) -> TrainConfig:
-    """The flags of one stage's run: its folder OUT/<stage>, its steps and its share of --minutes."""
+    """The flags of one stage's run: its folder OUT/<stage>, its steps and its share of --minutes. The split
+    flags --prior-steps and --prior-share are recorded as None (`steps` and `minutes` hold this stage's values),
+    so that changing them on resume is taken like a changed --steps or --minutes."""
     share = 1.0 if cfg.stage != "both" else cfg.prior_share if stage == "prior" else 1 - cfg.prior_share
     vqvae = "" if stage == "vqvae" else cfg.vqvae or str(Path(cfg.out) / "vqvae")
     return dataclasses.replace(cfg, stage=stage, out=str(Path(cfg.out) / stage), minutes=cfg.minutes * share,
-                               vqvae=vqvae, steps=cfg.steps if stage == "vqvae" else cfg.prior_steps)
+                               vqvae=vqvae, steps=cfg.steps if stage == "vqvae" else cfg.prior_steps,
+                               prior_steps=None, prior_share=None)
 
 
 def main(cfg: TrainConfig) -> Path:
@@ -120,7 +124,7 @@ def train_vqvae(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + env.rank)  # each process draws its own dead-code restarts (rank 0's are kept)
     modules, optimizers = {"vqvae": vq}, {"opt_vqvae": opt}
     step = training.resume(cfg, env, MODEL, modules, optimizers, batches)
-    fixed = to_float(data.images[:32].to(device))  # the reconstruction grid's images
+    fixed, row = reconstruction_images(data, device)
 
     log = training.start_run(cfg, env, step, mcfg, precision, data)
     log.message(f"VQ-VAE stage 1: {len(data)} {cfg.dataset} images, {precision}, {device}, {env.world_size} "
@@ -167,7 +171,7 @@ def train_vqvae(cfg: TrainConfig) -> Path:
             log.step(step, metrics, x.shape[0] * env.world_size, write)
             stopping = stop.poll()
             if step % cfg.sample_every == 0 or step == cfg.steps or stopping:
-                log.images(step, interleave(fixed, reconstruct(vq, fixed)), nrow=8)
+                log.images(step, interleave(fixed, reconstruct(vq, fixed), row), nrow=row)
             if step % cfg.ckpt_every == 0 or stopping:
                 saver.save(step, periodic=step % cfg.ckpt_every == 0)
             if stopping:
@@ -200,7 +204,7 @@ def train_prior(cfg: TrainConfig) -> Path:
             f"step {vq_state['step']}: train a new prior (--resume '' or another --out)")
     vq.requires_grad_(False)
     codes, val_codes = encode_all(vq, data.images, device), encode_all(vq, test.images[:500], device)  # (N, g, g)
-    fixed = to_float(data.images[:32].to(device))
+    fixed, row = reconstruction_images(data, device)
 
     log = training.start_run(cfg, env, step, mcfg, precision, indexed)
     log.message(f"VQ-VAE stage 2: transformer prior ({n_params(prior):,} parameters) on the {mcfg.grid}x{mcfg.grid} "
@@ -210,7 +214,7 @@ def train_prior(cfg: TrainConfig) -> Path:
                            extra=lambda: {"stage": "prior", "vqvae_step": vq_state["step"]})
     guard = training.NonFiniteGuard(env, log)
     sample_rng = lambda: torch.Generator().manual_seed(cfg.seed)  # the same 64 samples at every log
-    log.images(step, interleave(fixed, reconstruct(vq, fixed)), tag="reconstructions", nrow=8)
+    log.images(step, interleave(fixed, reconstruct(vq, fixed), row), tag="reconstructions", nrow=row)
     prior_ddp = distributed.wrap(prior, env)
     with training.Stopper(cfg.minutes, env) as stop:
         while step < cfg.steps:
@@ -227,12 +231,13 @@ def train_prior(cfg: TrainConfig) -> Path:
             metrics = {"loss": loss.item(), "bits_per_code": loss.item() / 0.6931471805599453} if write else {}
             stopping = stop.poll()
             due = step % cfg.sample_every == 0 or step == cfg.steps or stopping
-            if due:
+            if due:  # dropout off; no global RNG is drawn (the samples use their own generator)
                 prior.eval()
                 metrics["val_bits_per_code"] = held_out_bits(prior, val_codes, device)
+            log.step(step, metrics, k.shape[0] * env.world_size, write or due)
+            if due:
                 log.images(step, sample(vq, prior, 64, rng=sample_rng()))
                 prior.train()
-            log.step(step, metrics, k.shape[0] * env.world_size, write or due)
             if step % cfg.ckpt_every == 0 or stopping:
                 saver.save(step, periodic=step % cfg.ckpt_every == 0)
             if stopping:
@@ -259,6 +264,13 @@ def load_vqvae(cfg: TrainConfig, device: torch.device) -> tuple[VQVAE, dict]:
     return vq.eval(), state
 
 
+def reconstruction_images(data: ImageData, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The first 32 training images (fewer on tiny datasets, a whole number of rows) and the row length."""
+    row = min(8, len(data))
+    n = min(32, len(data)) // row * row
+    return to_float(data.images[:n].to(device)), row
+
+
 @torch.no_grad()
 def encode_all(vq: VQVAE, images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Codes (N, g, g) of a uint8 image set, on the CPU."""
@@ -269,11 +281,6 @@ def encode_all(vq: VQVAE, images_uint8: torch.Tensor, device: torch.device) -> t
 def held_out_bits(prior: Prior, codes: torch.Tensor, device: torch.device) -> float:
     """Mean -log2 p(k_t | k_<t) of held-out codes (bits per code)."""
     return torch.cat([prior_nll(prior, k.to(device)) for k in codes.split(250)]).mean().item() / 0.6931471805599453
-
-
-def interleave(x: torch.Tensor, x_hat: torch.Tensor, row: int = 8) -> torch.Tensor:
-    """Rows of 8 originals, each followed by the row of their reconstructions."""
-    return torch.stack([x.view(-1, row, *x.shape[1:]), x_hat.view(-1, row, *x.shape[1:])], 1).flatten(0, 2)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
