@@ -2,8 +2,8 @@
 
     python train.py                                   # shapes, 32x32, the default setting, about 10 minutes on 2 cores
     python train.py --objective beta --beta 1         # the plain VAE (beta = 1), the sweep's baseline
-    python train.py --objective capacity --gamma 100 --capacity-max 25 --capacity-steps 5000   # Burgess et al.
-    python train.py --dataset mnist                   # the embedded MNIST copy (also fashion-mnist, cifar10, folder:PATH)
+    python train.py --objective capacity --gamma 1000 --capacity-max 25 --capacity-steps 100000  # Burgess
+    python train.py --dataset mnist                   # embedded MNIST (also fashion-mnist, cifar10, folder:PATH)
     python train.py --image-size 64 --steps 100000    # the paper's 64x64 network (4 conv layers)
     python train.py --resume auto                     # continue the run in --out
     torchrun --nproc_per_node=2 train.py              # data-parallel (one process per core / GPU)
@@ -31,11 +31,11 @@ class TrainConfig(cli.RunConfig):
     steps: int = 5000  # optimizer steps: about 10 minutes at 1 thread (8.9 steps/s measured on an idle core, README)
     out: str = "runs/betavae"  # run folder
     lr: float = 5e-4  # Adam learning rate (Burgess et al.: 5e-4)
-    objective: str = "beta"  # beta: recon + beta KL (Higgins et al.) | capacity: recon + gamma |KL - C| (Burgess et al.)
+    objective: str = "beta"  # beta: recon + beta KL (Higgins et al.) | capacity: recon + gamma |KL - C| (Burgess)
     beta: float = 4.0  # weight of the KL in --objective beta (1 = the plain VAE)
-    gamma: float = 100.0  # weight of |KL - C| in --objective capacity (Burgess et al.: 1000 at 64x64)
-    capacity_max: float = 25.0  # C_max in nats, reached after --capacity-steps (Burgess et al.: 25 on dSprites)
-    capacity_steps: int = 5000  # steps over which C rises linearly from 0 to C_max
+    gamma: float = 100.0  # weight of |KL - C| in --objective capacity (Burgess et al.: 1000; see EXPERIMENTS.md)
+    capacity_max: float = 15.0  # C_max in nats, reached after --capacity-steps (Burgess et al.: 25 on dSprites)
+    capacity_steps: int = 2500  # steps over which C rises linearly from 0 to C_max
     z_dim: int = Config.z_dim  # latent dimension
     width: int = Config.width  # channels of every conv layer
     hidden: int = Config.hidden  # units of the fully connected layers

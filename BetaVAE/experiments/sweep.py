@@ -26,7 +26,7 @@ SETTINGS: dict[str, list[str]] = {
     "beta1": ["--objective", "beta", "--beta", "1"],  # the plain VAE: the baseline of the MIG target
     "beta4": ["--objective", "beta", "--beta", "4"],
     "beta16": ["--objective", "beta", "--beta", "16"],
-    "capacity": ["--objective", "capacity", "--gamma", "1000", "--capacity-max", "15", "--capacity-steps", "3000"],
+    "capacity": ["--objective", "capacity", "--gamma", "100", "--capacity-max", "15", "--capacity-steps", "2500"],
 }
 BUDGET = ["--dataset", "shapes", "--minutes", "10", "--steps", "100000000", "--threads", "1", "--resume", ""]
 

@@ -18,7 +18,8 @@ from model import BetaVAE, Config
 from shared import checkpoint, cli, training
 
 HERE = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "4", "--width", "8", "--hidden", "16",
+TINY = ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "4", "--width", "8",
+        "--hidden", "16",
         "--threads", "1", "--precision", "fp32", "--log-every", "1", "--sample-every", "2"]
 
 
