@@ -1,8 +1,8 @@
 """Training throughput of the VAE on this machine: fp32 vs bf16 autocast, with and without channels_last.
 
-    python benchmark.py                                     # train.py's defaults: MNIST, 32x32, width 32, batch 128
+    python benchmark.py                                     # train.py's defaults: MNIST, 32x32, width 16, batch 128
     python benchmark.py --precisions fp32 bf16              # also bf16 autocast (default only on native-bf16 CPUs)
-    python benchmark.py --image-size 28 --width 16          # MNIST's native size, a narrower network
+    python benchmark.py --image-size 28 --width 32          # MNIST's native size, a wider network
     python benchmark.py --dataset shapes                    # RGB, the discretised logistic decoder
 
 Runs the real training loop (train.main) for --steps steps per setting and reads images/s from its

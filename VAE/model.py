@@ -63,8 +63,8 @@ LogLikelihood = Callable[[torch.Tensor], torch.Tensor]  # z (k, B, D) -> log p(x
 class Config:
     image_size: int = 32  # H = W; halved by stride-2 convs while above 8, so it must stay even until then (28, 32, 64)
     channels: int = 1  # image channels (1 grey, 3 RGB)
-    z_dim: int = 32  # latent dimension D_z
-    width: int = 32  # channels of the first conv; doubled at each further stride-2 conv
+    z_dim: int = 16  # latent dimension D_z
+    width: int = 16  # channels of the first conv; doubled at each further stride-2 conv
     hidden: int = 256  # units of the fully connected layer between the convs and the latent
     likelihood: str = "bernoulli"  # bernoulli | gaussian | logistic (train.py resolves --likelihood auto)
     gaussian_variance: str = "learned"  # learned (log s per pixel from the decoder) | fixed (s = gaussian_std)
@@ -121,7 +121,7 @@ def up(c_in: int, c_out: int) -> nn.Sequential:
 
 
 def widths(cfg: Config) -> list[int]:
-    """Channels after each stride-2 conv of the encoder, e.g. [32, 64] at 32x32, [32, 64, 128] at 64x64."""
+    """Channels after each stride-2 conv of the encoder, e.g. [16, 32] at 32x32, [16, 32, 64] at 64x64 (width 16)."""
     return [cfg.width * 2 ** i for i in range(cfg.num_down)] or [cfg.width]
 
 
@@ -151,7 +151,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
-        w = widths(cfg)[::-1]  # e.g. [64, 32]
+        w = widths(cfg)[::-1]  # e.g. [32, 16]
         self.shape = (w[0], cfg.bottom, cfg.bottom)
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim, cfg.hidden), nn.SiLU(),
                                 nn.Linear(cfg.hidden, w[0] * cfg.bottom ** 2), nn.SiLU())
