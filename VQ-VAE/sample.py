@@ -114,8 +114,10 @@ def main(cfg: SampleConfig) -> Path:
         run_cfg = state.get("config", {})  # a pretrained file has none: the default dataset (embedded MNIST)
         test = load_dataset(run_cfg.get("dataset", "mnist"), run_cfg.get("data_root") or None,
                             vq.cfg.image_size, "test")
-        x = to_float(test.images[:cfg.reconstructions]).to(device)
-        save_image(grid(interleave(x, reconstruct(vq, x)), nrow=8), out / "reconstructions.png")
+        n = min(cfg.reconstructions, len(test)) // 8 * 8
+        if n:
+            x = to_float(test.images[torch.arange(n) * (len(test) // n)]).to(device)  # spread over the set
+            save_image(grid(interleave(x, reconstruct(vq, x)), nrow=8), out / "reconstructions.png")
     return out
 
 

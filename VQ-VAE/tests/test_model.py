@@ -134,6 +134,18 @@ def test_prior_is_causal_a_later_code_never_changes_an_earlier_position():
             assert not torch.allclose(out[:, j + 1:], base[:, j + 1:])  # ... and does see them
 
 
+def test_incremental_sampling_logits_equal_the_full_forward():
+    """Prior.step with key/value caches gives the logits of the causal forward pass, position by position."""
+    torch.manual_seed(0)
+    prior = Prior(Config(**SMALL)).eval()
+    codes = torch.randint(0, 12, (3, 16))
+    full = prior(codes)  # (3, 16, 12)
+    previous, caches = codes.new_full((3,), prior.start), [[] for _ in prior.blocks]
+    for t in range(16):
+        assert torch.allclose(prior.step(previous, t, caches), full[:, t], atol=1e-5), t
+        previous = codes[:, t]
+
+
 def test_prior_nll_is_the_mean_cross_entropy_per_code():
     torch.manual_seed(0)
     prior = Prior(Config(**SMALL)).eval()

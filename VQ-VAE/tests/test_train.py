@@ -224,7 +224,9 @@ def test_torchrun_two_processes_keep_one_codebook_and_stop_together_when_one_ran
         os.kill(rank1[0], signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=90)  # a rank stopping alone would hang the other here
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failed test must not leave its ranks running
+            for pid in children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
             proc.kill()
     assert "terminate called" not in stderr
     vq = checkpoint.load(out / "vqvae", "VQ-VAE")
