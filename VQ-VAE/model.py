@@ -58,7 +58,7 @@ class Config:
     decay: float = 0.99  # EMA decay gamma (paper: 0.99)
     eps: float = 1e-5  # Laplace smoothing of the EMA counts
     dead_threshold: float = 1.0  # restart codes whose EMA count (vectors per batch) falls below this (0 = never)
-    prior_width: int = 96  # transformer prior: embedding width
+    prior_width: int = 64  # transformer prior: embedding width
     prior_layers: int = 4  # transformer blocks
     prior_heads: int = 4  # attention heads
     prior_dropout: float = 0.1  # dropout on the prior's embeddings and residual branches (none on attention)
