@@ -14,8 +14,9 @@ SIZES = dict(image_size=16, batch_size=8, hidden=8, res_hidden=8, codes=16, code
 
 
 @pytest.fixture
-def quick_classifier(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path / "cache"))
+def quick_classifier(tmp_path_factory, monkeypatch):
+    """A 20-step feature classifier, trained once for this module's tests (a cache of their own)."""
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path_factory.getbasetemp() / "classifier-cache"))
     quick = features.train_classifier
     monkeypatch.setattr(features, "train_classifier", lambda d: quick(d, steps=20))
 
