@@ -1,6 +1,6 @@
 """Generate images from a trained VAE: decoder means of z ~ N(0, I).
 
-    python sample.py --pretrained                              # the shipped weights, pretrained/vae.pt
+    python sample.py --pretrained                              # the shipped weights, pretrained/decoder.pt
     python sample.py --checkpoint runs/vae --num 64 --out samples/
 writes samples/000000.png ... (one PNG per image), samples/grid.png and samples/interpolation.png (rows of
 straight-line walks between random latents). Every image is the decoder's mean E[x|z] (for the Bernoulli decoder
@@ -10,6 +10,7 @@ file; --pretrained needs no training: it loads the default MNIST run that ships 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,16 @@ from model import VAE, Config, decode, sample
 from shared import checkpoint, cli
 from shared.run import grid
 
-PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "vae.pt"  # next to this script, not the cwd
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "decoder.pt"  # next to this script, not the cwd
+# The encoder ships as a second file: encoder + decoder together are 2.2 MB in fp16, over the 2 MB a file may take.
+PRETRAINED_ENCODER = PRETRAINED.with_name("encoder.pt")
 
 
 @dataclass
 class SampleConfig:
     """Sample from a VAE checkpoint, or from the shipped pretrained weights."""
     checkpoint: str = "runs/vae"  # run folder (uses its latest checkpoint) or checkpoint file
-    pretrained: bool = False  # use the shipped weights (pretrained/vae.pt) instead of --checkpoint
+    pretrained: bool = False  # use the shipped weights (pretrained/decoder.pt) instead of --checkpoint
     num: int = 64  # number of images to write
     out: str = "samples"  # output folder
     seed: int = 0  # seed of the latent noise
@@ -50,15 +53,39 @@ def load_model(path: str | Path, device: torch.device | str) -> tuple[VAE, dict]
 
 
 def load_pretrained(device: torch.device, path: Path | None = None) -> tuple[VAE, dict]:
-    """The shipped encoder + decoder (fp16 on disk, float32 here) and the file's contents (its "source" names the
-    run that made it). `path` defaults to PRETRAINED."""
+    """The shipped decoder (fp16 on disk, float32 here) and, when pretrained/encoder.pt sits beside it, the encoder
+    (state["encoder_loaded"] says which); the decoder file's contents ("source" names the run that made it).
+    `path` defaults to PRETRAINED; the encoder is looked for next to it."""
     path = path or PRETRAINED
     if not path.is_file():
         raise checkpoint.CheckpointError(f"no pretrained weights at {path}: train a run (python train.py) and "
                                          f"sample it with --checkpoint, or fetch the file from the project's "
                                          f"repository")
     state = checkpoint.load_pretrained(path, "VAE", map_location=device)
-    return build(state, path, device), state
+    model = VAE(Config(**state["model_config"])).to(device)
+    checkpoint.load_weights(model.decoder, state, "decoder", path)
+    encoder_path = path.with_name("encoder.pt")
+    state["encoder_loaded"] = encoder_path.is_file()
+    if state["encoder_loaded"]:
+        checkpoint.load_weights(model.encoder, checkpoint.load_pretrained(encoder_path, "VAE", device), "encoder",
+                                encoder_path)
+    return model.eval(), state
+
+
+def export_pretrained(run: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write out_dir/decoder.pt and out_dir/encoder.pt (fp16, weights_only-safe) from a run's checkpoint."""
+    from shared.pretrained import git_commit
+
+    state = checkpoint.load(run, "VAE")
+    cfg = state["config"]
+    source = (f"VAE run {run}: step {state['step']}, --dataset {cfg.get('dataset')}, --minutes {cfg.get('minutes')}, "
+              f"{state.get('world_size', 1)} process(es), commit {git_commit(Path(run))}")
+    paths = []
+    for part in ("decoder", "encoder"):
+        weights = {k[len(part) + 1:]: v for k, v in state["vae"].items() if k.startswith(part + ".")}
+        paths.append(checkpoint.save_pretrained(Path(out_dir) / f"{part}.pt", "VAE", state["model_config"],
+                                                {part: weights}, source))
+    return paths[0], paths[1]
 
 
 def save_images(images: torch.Tensor, out: Path) -> None:
@@ -107,4 +134,8 @@ def cli_main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli_main()
+    if sys.argv[1:2] == ["--export"]:  # python sample.py --export RUN OUT_DIR (the shipped pretrained/ files)
+        for written in export_pretrained(sys.argv[2], sys.argv[3]):
+            print(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB)")
+    else:
+        cli_main()

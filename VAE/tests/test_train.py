@@ -303,22 +303,23 @@ def test_sample_py_rejects_bad_checkpoints_with_one_line(tmp_path, capsys):
 
 
 def test_sample_pretrained_loads_an_exported_run(tmp_path, monkeypatch, capsys):
-    from shared import pretrained
-
     run = train.main(tiny_config(tmp_path / "run", steps=1))
-    exported = pretrained.export(str(run), "VAE", ["vae"], str(tmp_path / "pretrained" / "vae.pt"))
-    monkeypatch.setattr(sample_script, "PRETRAINED", exported)
+    decoder, encoder = sample_script.export_pretrained(run, tmp_path / "pretrained")
+    monkeypatch.setattr(sample_script, "PRETRAINED", decoder)
     out = tmp_path / "samples"
     sample_script.cli_main(["--pretrained", "--num", "3", "--interpolations", "0", "--out", str(out)])
     assert len(list(out.glob("0*.png"))) == 3 and "step 1, --dataset mnist" in capsys.readouterr().out
-    model, _ = sample_script.load_pretrained(torch.device("cpu"))
+    model, state = sample_script.load_pretrained(torch.device("cpu"))
+    assert state["encoder_loaded"]
     saved = checkpoint.load(run, "VAE")["vae"]
     for k, v in model.state_dict().items():  # the fp16 copy of the run's encoder and decoder
         assert torch.allclose(v.float(), saved[k].float(), rtol=1e-3, atol=1e-4), k
+    encoder.unlink()  # the decoder alone still samples; the encoder is then left at its initialisation
+    assert not sample_script.load_pretrained(torch.device("cpu"))[1]["encoder_loaded"]
 
 
 def test_sample_pretrained_without_the_file_exits_2_naming_it(tmp_path, monkeypatch, capsys):
-    missing = tmp_path / "pretrained" / "vae.pt"
+    missing = tmp_path / "pretrained" / "decoder.pt"
     monkeypatch.setattr(sample_script, "PRETRAINED", missing)
     exits_with(2, sample_script.cli_main, ["--pretrained", "--out", str(tmp_path / "o")])
     line = one_error_line(capsys)
@@ -326,19 +327,21 @@ def test_sample_pretrained_without_the_file_exits_2_naming_it(tmp_path, monkeypa
 
 
 def test_shipped_pretrained_vae_loads_safely_samples_and_reconstructs(tmp_path):
-    """Fails until pretrained/vae.pt (made by the default 10-minute MNIST run) is shipped."""
-    path = HERE / "pretrained" / "vae.pt"
-    assert path.is_file(), f"{path} not shipped yet"
-    assert path.stat().st_size < 2_000_000
-    state = torch.load(path, weights_only=True)
-    assert state["model"] == "VAE" and all(v.dtype == torch.float16 for v in state["vae"].values()
-                                           if v.is_floating_point())
-    model, _ = sample_script.load_pretrained(torch.device("cpu"))
+    """pretrained/decoder.pt and encoder.pt, made from the default 10-minute MNIST run."""
+    from model import reconstruct
+    from shared.data import load_dataset, to_float
+
+    for name in ("decoder", "encoder"):
+        path = HERE / "pretrained" / f"{name}.pt"
+        assert path.is_file() and path.stat().st_size < 2_000_000, path
+        state = torch.load(path, weights_only=True)
+        assert state["model"] == "VAE" and all(v.dtype == torch.float16 for v in state[name].values()
+                                               if v.is_floating_point())
+    model, state = sample_script.load_pretrained(torch.device("cpu"))
+    assert state["encoder_loaded"]
     x = sample_script.sample(model, 4, rng=torch.Generator().manual_seed(0))
     cfg = model.cfg
     assert x.shape == (4, cfg.channels, cfg.image_size, cfg.image_size) and torch.isfinite(x).all()
     assert x.std() > 0.1  # a trained decoder, not a constant image
-    from model import reconstruct
-    from shared.data import load_dataset, to_float
     test = to_float(load_dataset("mnist", None, cfg.image_size, "test").images[:16])
     assert ((reconstruct(model, test) - test) ** 2).mean() < 0.5 * test.var()  # reconstructions resemble the inputs
