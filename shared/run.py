@@ -126,7 +126,8 @@ class RunLog:
                 self.writer.add_scalar(k, float("nan") if v is None else v, step)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step, commit=True)
-        self.bar.set_postfix({k: "nan" if v is None else f"{v:.3g}" for k, v in record.items() if k != "step"},
+        self.bar.set_postfix({k: "nan" if v is None else f"{v:.3g}" for k, v in record.items()
+                                 if k != "step" and "/" not in k},  # per-dimension keys (kl_dim/03) only in the files
                              refresh=False)
 
     def images(self, step: int, images: torch.Tensor, tag: str = "samples", nrow: int | None = None) -> Path | None:

@@ -130,3 +130,12 @@ def test_disabled_run_log_writes_nothing(tmp_path):
     assert log.images(1, torch.zeros(1, 3, 4, 4)) is None
     log.close()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_progress_bar_leaves_per_dimension_metrics_to_the_files(tmp_path):
+    log = RunLog(tmp_path, total_steps=2)
+    log.step(1, {"loss": 1.5, "kl_dim/00": 0.25, "kl_dim/01": 0.5}, images_per_step=4, write=True)
+    postfix = log.bar.postfix
+    log.close()
+    assert "loss" in postfix and "kl_dim" not in postfix
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["kl_dim/01"] == 0.5
