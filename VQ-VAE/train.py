@@ -1,6 +1,6 @@
 """Train a VQ-VAE and its autoregressive prior on the embedded MNIST copy by default.  `python train.py --help`.
 
-    python train.py                                   # both stages: the VQ-VAE, then the prior on its codes
+    python train.py                                   # both stages: 800 VQ-VAE steps, then 1200 prior steps on its codes
     python train.py --minutes 10 --steps 100000000    # both stages in 10 minutes (--prior-share 0.6 of it to the prior)
     python train.py --stage vqvae --out runs/a        # stage 1 only -> runs/a/vqvae
     python train.py --stage prior --out runs/a        # stage 2 only, on the codes of runs/a/vqvae -> runs/a/prior
@@ -41,8 +41,8 @@ class TrainConfig(cli.RunConfig):
     stage: str = "both"  # vqvae | prior | both (stage 1, then stage 2 on its codes)
     vqvae: str = ""  # stage prior: the VQ-VAE (a --out folder, its vqvae/ run, or a checkpoint); default OUT/vqvae
     prior_share: float = 0.6  # --stage both with --minutes: the prior's share of the budget (stage 1 converges fast)
-    steps: int = 1000  # VQ-VAE steps (one optimizer update + one EMA update each)
-    prior_steps: int = 2000  # prior steps
+    steps: int = 800  # VQ-VAE steps (one optimizer update + one EMA update each)
+    prior_steps: int = 0  # prior steps (0 = 1.5 x --steps, the 60/40 split of --prior-share at equal step rates)
     out: str = "runs/vqvae"  # run folder: OUT/vqvae and OUT/prior
     lr: float = 1e-3  # Adam learning rate of the VQ-VAE (paper: 2e-4; higher for the short CPU budget)
     lr_prior: float = 1e-3  # AdamW learning rate of the prior (cosine-free, constant)
@@ -72,8 +72,8 @@ def check(cfg: TrainConfig) -> None:
     if cfg.stage not in ("vqvae", "prior", "both"):
         raise ValueError(f"--stage must be vqvae, prior or both, got {cfg.stage!r}")
     if min(cfg.hidden, cfg.res_hidden, cfg.codes, cfg.code_dim, cfg.prior_width, cfg.prior_layers,
-           cfg.prior_heads, cfg.prior_steps) <= 0 or cfg.res_blocks < 0:
-        raise ValueError("network sizes and --prior-steps must be positive")
+           cfg.prior_heads) <= 0 or cfg.res_blocks < 0 or cfg.prior_steps < 0:
+        raise ValueError("network sizes must be positive and --prior-steps >= 0")
     if not 0 < cfg.prior_share < 1 or not 0 < cfg.decay < 1 or not 0 <= cfg.prior_dropout < 1:
         raise ValueError("--prior-share and --decay must lie in (0, 1), --prior-dropout in [0, 1)")
     if cfg.beta < 0 or cfg.dead_threshold < 0 or not cfg.lr_prior > 0:
@@ -89,8 +89,12 @@ def stage_config(cfg: TrainConfig, stage: str) -> TrainConfig:
     share = 1.0 if cfg.stage != "both" else cfg.prior_share if stage == "prior" else 1 - cfg.prior_share
     vqvae = "" if stage == "vqvae" else cfg.vqvae or str(Path(cfg.out) / "vqvae")
     return dataclasses.replace(cfg, stage=stage, out=str(Path(cfg.out) / stage), minutes=cfg.minutes * share,
-                               vqvae=vqvae, steps=cfg.steps if stage == "vqvae" else cfg.prior_steps,
+                               vqvae=vqvae, steps=cfg.steps if stage == "vqvae" else prior_steps(cfg),
                                prior_steps=None, prior_share=None)
+
+
+def prior_steps(cfg: TrainConfig) -> int:
+    return cfg.prior_steps or int(1.5 * cfg.steps)
 
 
 def main(cfg: TrainConfig) -> Path:

@@ -99,6 +99,15 @@ def test_stage_1_alone_samples_nothing_but_reconstructs(tmp_path, capsys):
     assert "has no prior yet" in capsys.readouterr().out
 
 
+def test_stage_configs_split_the_steps_and_the_minutes(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=4, prior_steps=0, minutes=10.0)  # 0 = 1.5 x --steps
+    vq, prior = train.stage_config(cfg, "vqvae"), train.stage_config(cfg, "prior")
+    assert (vq.steps, prior.steps) == (4, 6) and (vq.minutes, prior.minutes) == pytest.approx((4.0, 6.0))
+    assert vq.out == str(tmp_path / "run" / "vqvae") and prior.vqvae == str(tmp_path / "run" / "vqvae")
+    assert train.stage_config(train.dataclasses.replace(cfg, prior_steps=9, stage="prior"), "prior").minutes == 10.0
+    assert train.stage_config(train.dataclasses.replace(cfg, prior_steps=9), "prior").steps == 9
+
+
 # ---------------------------------------------------------------- exact resume
 
 def test_vqvae_resume_is_exact_and_logging_never_changes_training(tmp_path):
