@@ -32,7 +32,9 @@ Deviations:
   of the current batch (not in the paper; it keeps the codebook in use, as in Jukebox, Dhariwal et al. 2020).
 - The EMA counts start at 1 and the EMA sums at the initial codebook (so e = m / N holds from step 0); the
   paper does not say how they are initialised.
-- The prior is a causal transformer, not the paper's gated PixelCNN (see above).
+- The decoder's output is linear (the Gaussian's mean), clamped to [-1, 1] only for images: a final tanh
+  saturated at MNIST's black background and stalled training.
+- The prior is a causal transformer, not the paper's gated PixelCNN (see above), without attention dropout.
 """
 from __future__ import annotations
 
