@@ -79,13 +79,15 @@ def save_traversals(images: torch.Tensor, order: list[int], kl: torch.Tensor, ou
     out.mkdir(parents=True, exist_ok=True)
     n, dims, steps = images.shape[:3]
     save_image(grid(traversal_grid(images[0]), nrow=steps), out / "traversal.png")
-    frames = []
+    frames: list = []
     for s in list(range(steps)) + list(range(steps - 2, 0, -1)):
         g = grid(images[:, :, s].transpose(0, 1).flatten(0, 1), nrow=n)  # (C, H', W') in [0, 1]
         array = (g.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        img = Image.fromarray(array if array.shape[2] == 3 else array[:, :, 0])
-        frames.append(img.resize((img.width * 2, img.height * 2), Image.Resampling.NEAREST).convert("RGB"))
-    frames[0].save(out / "traversal.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+        img = Image.fromarray(array if array.shape[2] == 3 else array[:, :, 0]).convert("RGB")
+        # one shared 64-colour palette (from the first frame) keeps the GIF small
+        frames.append(img.quantize(colors=64) if not frames else img.quantize(palette=frames[0]))
+    frames[0].save(out / "traversal.gif", save_all=True, append_images=frames[1:], duration=120, loop=0,
+                   optimize=True)
     (out / "traversal.json").write_text(json.dumps(
         {"order": order, "kl_nats": [round(float(kl[d]), 4) for d in order],
          "note": "rows of traversal.png / traversal.gif: latent dimensions by mean KL over 256 test images"}) + "\n")
