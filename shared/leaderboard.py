@@ -57,9 +57,10 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
 
 
 def trained_at(run: Path) -> str | None:
-    """When the run's last checkpoint was written (UTC), so rows of different sessions are told apart."""
-    latest = run / "checkpoints" / "latest.pt"
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(latest.stat().st_mtime)) if latest.is_file() else None
+    """When the run's last checkpoint was written (UTC), so rows of different sessions are told apart; a run of
+    several stages (VQ-VAE's vqvae/ and prior/) counts its newest stage."""
+    latest = [p.stat().st_mtime for p in run.glob("**/checkpoints/latest.pt")]
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(max(latest))) if latest else None
 
 
 def collect(model: str, dataset: str, minutes: float) -> dict | None:

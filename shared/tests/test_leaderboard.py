@@ -85,3 +85,14 @@ def test_rows_name_when_their_run_trained_so_sessions_are_told_apart(tmp_path, m
     text = (tmp_path / "LB.md").read_text()
     assert "trained (UTC)" in text and "| 2026-12-01 00:00 |" in text
     assert "compare only between rows trained in the same session" in text
+
+
+def test_a_run_of_stages_is_dated_by_its_newest_stage(tmp_path):
+    import os
+
+    for stage, when in (("vqvae", 1796083200), ("prior", 1796083200 + 600)):
+        (tmp_path / stage / "checkpoints").mkdir(parents=True)
+        (tmp_path / stage / "checkpoints" / "latest.pt").write_bytes(b"x")
+        os.utime(tmp_path / stage / "checkpoints" / "latest.pt", (when, when))
+    assert leaderboard.trained_at(tmp_path) == "2026-12-01 00:10"
+    assert leaderboard.trained_at(tmp_path / "missing") is None
