@@ -42,7 +42,8 @@ Deviations:
     grey-level MNIST through a Bernoulli likelihood; RGB data get the discretised logistic (not in the paper,
     whose Gaussian decoder was for continuous data; the Gaussian is one flag away).
   * log s of the logistic and Gaussian is clamped below at -7 (as in PixelCNN++), so a likelihood cannot grow
-    without bound on a constant pixel.
+    without bound on a constant pixel, and above at 3 (s <= e^3, wider than the data's range [-1, 1]), so the
+    logistic's bin width (2/255) / s stays far from float32 underflow.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ from torch import nn
 
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 MIN_LOG_SCALE = -7.0  # lower clamp of log s (logistic, learned Gaussian), as in PixelCNN++
+MAX_LOG_SCALE = 3.0  # upper clamp: s <= e^3 is wider than the data's range [-1, 1]; unclamped, log s of pixels
+# the decoder cannot place kept growing on shapes (34 by step 1000); near 87 (2/255) / s underflows to 0 in float32
 LogLikelihood = Callable[[torch.Tensor], torch.Tensor]  # z (k, B, D) -> log p(x|z) (k, B)
 
 
@@ -237,11 +240,15 @@ def logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tens
 
     P = sigma(a) - sigma(b), a = (x + 1/255 - m) / s, b = (x - 1/255 - m) / s; the edge bins k = 0 and 255 take
     the whole tail (P = sigma(a), resp. 1 - sigma(b)). log(sigma(a) - sigma(b)) is evaluated as
-    log sigma(a) + log sigma(-b) + log(1 - exp(b - a)), exact and stable for any m, s (no pdf fallback)."""
+    log sigma(a) + log sigma(-b) + log(1 - exp(-(a - b))), exact for any m, s (no pdf fallback). The bin width
+    a - b = (2/255) / s is taken from s alone, never as the difference of a and b: far from the mean (|a| > ~6e4 / s
+    in float32) a and b round to the same number, b - a = 0 and log(0) = -inf, whose gradient is NaN even in the
+    edge bins (torch.where still backpropagates through the unselected branch)."""
     mean, log_scale = mean.float(), log_scale.float()
     inv_s = torch.exp(-log_scale)
     a, b = (x - mean + 1 / 255) * inv_s, (x - mean - 1 / 255) * inv_s
-    middle = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(b - a))
+    log_width = torch.log(-torch.expm1(-(2 / 255) * inv_s))  # log(1 - e^-(a - b)), a function of s only
+    middle = F.logsigmoid(a) + F.logsigmoid(-b) + log_width
     log_p = torch.where(x < -0.999, F.logsigmoid(a), torch.where(x > 0.999, F.logsigmoid(-b), middle))
     return log_p.flatten(1).sum(1)
 
@@ -252,10 +259,10 @@ def split_params(cfg: Config, decoder: Decoder, params: torch.Tensor) -> tuple[t
     if cfg.likelihood == "bernoulli":
         return params, None
     if cfg.decoder_channels == 2 * c:
-        return params[:, :c], params[:, c:].clamp(min=MIN_LOG_SCALE)
+        return params[:, :c], params[:, c:].clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
     if cfg.likelihood == "gaussian":  # fixed variance
         return params, params.new_full((1, c, 1, 1), math.log(cfg.gaussian_std))
-    return params, decoder.log_scale.clamp(min=MIN_LOG_SCALE).view(1, c, 1, 1)
+    return params, decoder.log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE).view(1, c, 1, 1)
 
 
 def log_likelihood(cfg: Config, decoder: Decoder, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,31 @@ def test_discretised_logistic_stays_finite_far_from_the_mean_and_at_tiny_scales(
     assert torch.isfinite(value).all() and value.item() < -1e4
 
 
+def test_discretised_logistic_and_its_gradient_stay_finite_at_extreme_means_and_scales_in_every_bin():
+    # A diverging shapes run reached decoder means ~1e13 (log s at the clamps -7 and 3): there a and b round to the
+    # same float32, so a bin width taken as b - a is 0 and log(0) = -inf, with a NaN gradient even in the edge bins
+    # (torch.where backpropagates through the unselected branch). Far from the mean log P must follow the logistic
+    # tail, log P ~ -|x -+ 1/255 - m| / s + log(1 - exp(-(2/255) / s)) (the edge bins: the tail alone, or 0).
+    x = torch.tensor([-1.0, -0.8117647, 0.0, 1.0])  # both edge bins and two interior levels
+    for log_s in (-7.0, 0.0, 3.0):
+        for m in (1e4, -1e4, 1e6, -1e6, 1e13, -1e13):
+            mean = torch.full((4, 1, 1, 1), m, requires_grad=True)
+            log_scale = torch.full((4, 1, 1, 1), log_s, requires_grad=True)
+            value = logistic_log_prob(mean, log_scale, x.view(4, 1, 1, 1))
+            value.sum().backward()
+            assert torch.isfinite(value).all() and torch.isfinite(mean.grad).all() \
+                and torch.isfinite(log_scale.grad).all(), (m, log_s, value, mean.grad, log_scale.grad)
+            xd, s = x.double(), math.exp(log_s)
+            log_width = math.log(-math.expm1(-(2 / 255) / s))
+            if m > 0:  # every bin lies far below the mean; the top edge bin k = 255 holds all the mass above it
+                far = (xd + 1 / 255 - m) / s
+                tail = torch.where(xd > 0.999, torch.zeros_like(xd), torch.where(xd < -0.999, far, far + log_width))
+            else:
+                far = -(xd - 1 / 255 - m) / s
+                tail = torch.where(xd < -0.999, torch.zeros_like(xd), torch.where(xd > 0.999, far, far + log_width))
+            assert torch.allclose(value.double(), tail, rtol=1e-5, atol=1e-3), (m, log_s, value, tail)
+
+
 def test_log_likelihood_dispatches_each_decoder_head():
     for kwargs in [dict(likelihood="bernoulli"), dict(likelihood="gaussian", gaussian_variance="fixed"),
                    dict(likelihood="gaussian"), dict(likelihood="logistic"),
