@@ -9,6 +9,10 @@ LEADERBOARD.md (one table) plus LEADERBOARD.png (a chart).
 A model folder takes part as soon as it has train.py and evaluate.py: each is run as a user would run it,
 `python train.py --minutes M --steps <large> --out runs/leaderboard/<dataset>` then
 `python evaluate.py --checkpoint runs/leaderboard/<dataset> --num N`, from inside the folder.
+
+The rows live in LEADERBOARD.json beside the table, so they outlive the run folders (which are not committed): a
+run of some models, or `--collect` in a checkout that holds only some runs, replaces those models' rows and keeps
+every other row as it was, with the CPU and the time it was trained.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("dataset", "da
            ("fid_floor", "FID floor", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("bits_per_dim", "bits/dim", "{:.3f}"), ("mse", "recon. MSE", "{:.4f}"),
            ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}"),
-           ("trained", "trained (UTC)", "{}")]
+           ("trained", "trained (UTC)", "{}"), ("cpu", "CPU", "{}")]
 
 
 def participating(models: list[str] | None) -> list[str]:
@@ -53,7 +57,8 @@ def run_model(model: str, dataset: str, data_root: str, minutes: float, num: int
             print(f"[{model}] failed: {' '.join(cmd[1:])}", file=sys.stderr)
             return None
     lines = (folder / out / "eval.jsonl").read_text().splitlines()
-    return {**json.loads(lines[-1]), "minutes": minutes, "trained": trained_at(folder / out)}
+    return {**json.loads(lines[-1]), "minutes": minutes, "trained": trained_at(folder / out),
+            "cpu": trained_on(folder / out)}
 
 
 def trained_at(run: Path) -> str | None:
@@ -63,25 +68,53 @@ def trained_at(run: Path) -> str | None:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(max(latest))) if latest else None
 
 
+def trained_on(run: Path) -> str | None:
+    """The CPU a run trained on, short ('AMD EPYC, avx512_bf16'), from its newest config.json (shared.training
+    records it); None for runs older than that record."""
+    configs = sorted(run.glob("**/config.json"), key=lambda p: p.stat().st_mtime)
+    cpu = json.loads(configs[-1].read_text()).get("cpu") if configs else None
+    if not cpu:
+        return None
+    model, _, flags = cpu.partition(" | ")
+    have = flags.split(" (")[0].split()
+    best = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in have), "")
+    return f"{model}, {best}" if best else model
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of one dataset: the new ones, and the old rows of every model that has no new row; in the order
+    of MODEL_FOLDERS (models not listed there last)."""
+    fresh = {r["model"] for r in new}
+    rows = new + [r for r in old if r["model"] not in fresh]
+    order = {m: i for i, m in enumerate(MODEL_FOLDERS)}
+    return sorted(rows, key=lambda r: order.get(r["model"], len(order)))
+
+
+def load_board(path: Path) -> dict:
+    """LEADERBOARD.json: {"records": {dataset: [row, ...]}, "notes": [how earlier rows were run, ...]}."""
+    return json.loads(path.read_text()) if path.is_file() else {"records": {}, "notes": []}
+
+
 def collect(model: str, dataset: str, minutes: float) -> dict | None:
     """The newest evaluation record of an earlier leaderboard run (runs/leaderboard/<dataset>), or None."""
     path = ROOT / model / "runs" / "leaderboard" / dataset / "eval.jsonl"
     if not path.is_file():
         print(f"[{model}] no evaluation at {path}", file=sys.stderr)
         return None
-    return {**json.loads(path.read_text().splitlines()[-1]), "minutes": minutes, "trained": trained_at(path.parent)}
+    return {**json.loads(path.read_text().splitlines()[-1]), "minutes": minutes, "trained": trained_at(path.parent),
+            "cpu": trained_on(path.parent)}
 
 
-def markdown(records: dict[str, list[dict]], minutes: float, num: int, machine: str = "") -> str:
+def markdown(records: dict[str, list[dict]], minutes: float, num: int, notes: list[str] | None = None) -> str:
     """LEADERBOARD.md: one table (a row per model and dataset), the protocol stated above it."""
     text = ["# Leaderboard", "",
-            f"Every model trained for **{minutes:g} minutes** of wall-clock on this machine's CPU with its default "
+            f"Every model trained for **{minutes:g} minutes** of wall-clock on a 2-core CPU (the row's `CPU`) with its default "
             f"flags, then evaluated by `evaluate.py --num {num}` (shared/evaluation.py). FID, precision and "
             "recall use the dataset's own classifier features (listed below the table); the floor is the FID "
             "between two disjoint real sets of the same size. Speeds (img/s) compare only between rows trained in "
             "the same session (the `trained` column: sessions differ in CPU and in what else ran). Written by "
-            "`nox -s leaderboard`; do not edit.", "",
-            *([f"Measured on: {machine}.", ""] if machine else []),
+            "`nox -s leaderboard` from LEADERBOARD.json, which keeps the rows of models not re-run; do not edit.",
+            "", *(["How the rows were run:", *[f"- {n}" for n in notes], ""] if notes else []),
             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     rows = [r for dataset_rows in records.values() for r in dataset_rows]
     for r in rows:
@@ -135,18 +168,26 @@ def main(argv: list[str] | None = None) -> None:
     data_root = str(Path(args.data_root).resolve()) if args.data_root else ""
     from shared.bench import cpu_line
 
-    machine = f"{cpu_line(args.threads)}, " + (args.runs_note or "one run at a time")
-    out, records = Path(args.out), {}
+    out = Path(args.out)
+    board = load_board(out.with_suffix(".json"))
+    records, notes = board["records"], board["notes"]
+    note = f"{time.strftime('%Y-%m-%d', time.gmtime())}: {cpu_line(args.threads)}, " + \
+        (args.runs_note or "one run at a time")
+    wrote = False
     for dataset in datasets:  # the table is rewritten after each dataset: a cut-short run keeps what it measured
         rows = [collect(m, dataset, args.minutes) if args.collect else
                 run_model(m, dataset, data_root, args.minutes, args.num, args.threads, not args.skip_training)
                 for m in participating(args.models)]
         if any(r is not None for r in rows):
-            records[dataset] = [r for r in rows if r is not None]
-            out.write_text(markdown(records, args.minutes, args.num, machine))
+            records[dataset] = merged(records.get(dataset, []), [r for r in rows if r is not None])
+            notes = [n for n in notes if n != note] + [note]
+            out.with_suffix(".json").write_text(json.dumps({"records": records, "notes": notes}, indent=1) + "\n")
+            out.write_text(markdown(records, args.minutes, args.num, notes))
             chart(records, out.with_suffix(".png"))
-            print(f"wrote {out} and {out.with_suffix('.png')} ({', '.join(records)})", flush=True)
-    if not records:
+            print(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')} ({', '.join(records)})",
+                  flush=True)
+            wrote = True
+    if not wrote:
         sys.exit("no model finished; nothing to write")
 
 

@@ -52,7 +52,7 @@ def test_default_protocol_covers_embedded_mnist_and_shapes_without_a_data_root(t
     leaderboard.main(["--out", str(tmp_path / "LB.md")])
     assert calls == [("DCGAN", "mnist", ""), ("DCGAN", "shapes", "")]
     text = (tmp_path / "LB.md").read_text()
-    assert "| DCGAN | GAN | mnist |" in text and "Measured on: CPU: " in text
+    assert "| DCGAN | GAN | mnist |" in text and "How the rows were run:" in text
 
 
 def test_collect_writes_the_table_from_earlier_evaluations_without_running_anything(tmp_path, monkeypatch):
@@ -96,3 +96,24 @@ def test_a_run_of_stages_is_dated_by_its_newest_stage(tmp_path):
         os.utime(tmp_path / stage / "checkpoints" / "latest.pt", (when, when))
     assert leaderboard.trained_at(tmp_path) == "2026-12-01 00:10"
     assert leaderboard.trained_at(tmp_path / "missing") is None
+
+
+def test_a_partial_run_replaces_its_own_rows_and_keeps_the_others_with_their_cpu(tmp_path, monkeypatch):
+    out = tmp_path / "LB.md"
+    old = {"model": "DCGAN", "family": "GAN", "dataset": "mnist", "fid": 9.0, "extractor": "c", "num_samples": 5,
+           "cpu": "AMD EPYC, avx2", "trained": "2026-11-30 10:00"}
+    stale = {**old, "model": "VAE", "family": "VAE", "fid": 50.0}
+    out.with_suffix(".json").write_text(json.dumps({"records": {"mnist": [stale, old]}, "notes": ["earlier"]}))
+    run = tmp_path / "VAE" / "runs" / "leaderboard" / "mnist"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"cpu": "AMD EPYC | avx2 avx512f avx512_bf16 (no amx_bf16)"}))
+    (run / "eval.jsonl").write_text(json.dumps({**stale, "fid": 20.0, "cpu": None}) + "\n")
+    monkeypatch.setattr(leaderboard, "ROOT", tmp_path)
+    monkeypatch.setattr(leaderboard, "participating", lambda models: ["VAE", "DCGAN"])  # DCGAN's run is not here
+    leaderboard.main(["--collect", "--datasets", "mnist", "--out", str(out), "--runs-note", "now"])
+    rows = json.loads(out.with_suffix(".json").read_text())["records"]["mnist"]
+    assert [(r["model"], r["fid"], r["cpu"]) for r in rows] == [("DCGAN", 9.0, "AMD EPYC, avx2"),
+                                                               ("VAE", 20.0, "AMD EPYC, avx512_bf16")]
+    text = out.read_text()
+    assert "| DCGAN | GAN | mnist | 9.00 |" in text and "| VAE | VAE | mnist | 20.00 |" in text
+    assert "- earlier" in text and "now" in text.split("- earlier")[1]  # the notes accumulate, newest last
