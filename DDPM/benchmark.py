@@ -1,7 +1,7 @@
 """Training throughput of DDPM on this machine, for a few U-Net widths, and sampling images/s.
 
-    python benchmark.py                                     # train.py's defaults: MNIST 32x32, widths 16 24 32
-    python benchmark.py --widths 16 --precisions fp32 bf16  # bf16 autocast too (slow on CPUs without native bf16)
+    python benchmark.py --threads 1                  # train.py's default U-Net, fp32 and bf16 autocast
+    python benchmark.py --widths 16 32 --precisions fp32
 
 Runs the real training loop (train.main) for --steps steps per setting and reads images/s from its
 metrics.jsonl (after --warmup steps), prints the share of this machine's measured matmul peak it reaches, then
@@ -16,18 +16,18 @@ import time
 import torch
 
 import train
-from model import Config, UNet, l_simple, sample, schedule_of
+from model import UNet, l_simple, sample, schedule_of
 from shared import bench
 from shared.data import load_dataset
 
 
-def flops_per_step(image_size: int, channels: int, batch: int, width: int) -> int:
-    """FLOPs of one training step (forward and backward of L_simple) of the default U-Net at `width`."""
-    cfg = Config(image_size=image_size, channels=channels, width=width)
-    net, sch = UNet(cfg), schedule_of(cfg)
-    x = torch.randn(batch, channels, image_size, image_size)
-    t = torch.randint(1, cfg.timesteps + 1, (batch,))
-    return bench.count_flops(lambda: l_simple(net, sch, x, t, torch.randn_like(x)).backward())
+def flops_per_step(cfg: train.TrainConfig, channels: int) -> int:
+    """FLOPs of one training step (forward and backward of L_simple) of train.py's U-Net under `cfg`."""
+    mcfg = train.model_config(cfg, channels)
+    net, sch = UNet(mcfg), schedule_of(mcfg)
+    x = torch.randn(cfg.batch_size, channels, cfg.image_size, cfg.image_size)
+    t = torch.randint(1, mcfg.timesteps + 1, (cfg.batch_size,))
+    return bench.count_flops(lambda: l_simple(net, sch, x, t, torch.randn_like(x), mcfg.prediction).backward())
 
 
 def main() -> None:
@@ -37,8 +37,8 @@ def main() -> None:
     p.add_argument("--data-root", default="")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32])
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    p.add_argument("--widths", type=int, nargs="+", default=[train.TrainConfig.width])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sampling row (0 = none)")
@@ -53,24 +53,26 @@ def main() -> None:
     channels = load_dataset(args.dataset, args.data_root or None, args.image_size).channels
     print(bench.report_header(peaks))
     for width in args.widths:
-        flops = flops_per_step(args.image_size, channels, args.batch_size, width)
-        for precision in args.precisions:
-            def config(out: str) -> train.TrainConfig:
-                return train.TrainConfig(
-                    dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
-                    batch_size=args.batch_size, steps=args.steps, threads=args.threads, width=width,
-                    precision=precision, out=out, log_every=args.warmup, sample_every=10 ** 9, ckpt_every=10 ** 9)
+        def config(out: str, precision: str = "fp32") -> train.TrainConfig:
+            return train.TrainConfig(
+                dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
+                batch_size=args.batch_size, steps=args.steps, threads=args.threads, width=width,
+                precision=precision, out=out, log_every=args.warmup, sample_every=10 ** 9, ckpt_every=10 ** 9)
 
-            images_per_s = bench.train_images_per_s(train.main, config)  # skips the warm-up window
+        flops = flops_per_step(config("unused"), channels)
+        for precision in args.precisions:
+            images_per_s = bench.train_images_per_s(train.main, lambda out: config(out, precision))  # after warm-up
             print(bench.report_row(f"width {width} {precision}", images_per_s, flops / args.batch_size, peaks),
                   flush=True)
         if args.sample_steps:
-            net = UNet(Config(image_size=args.image_size, channels=channels, width=width)).eval()
-            start = time.perf_counter()
-            sample(net, 64, args.sample_steps, generator=torch.Generator().manual_seed(0))
-            print(f"width {width}: DDIM {args.sample_steps} steps, batch 64: "
-                  f"{64 / (time.perf_counter() - start):.2f} images/s", flush=True)
-
+            cfg = config("unused")
+            net = UNet(train.model_config(cfg, channels)).eval()
+            for precision in args.precisions:
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    sample(net, 64, args.sample_steps, generator=torch.Generator().manual_seed(0))
+                print(f"sampling, width {width} {precision}: DDIM {args.sample_steps} steps, batch 64: "
+                      f"{64 / (time.perf_counter() - start):.2f} images/s", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ import torch
 
 from model import sample, schedule_of, variational_bound
 from sample import RECOMMENDED_STEPS, load_model
-from shared import cli, evaluation, metrics
+from shared import cli, dist as distributed, evaluation, metrics
 from shared.data import load_dataset, to_float
 from shared.evaluation import Capabilities
 from shared.features import classifier_extractor
@@ -45,12 +45,17 @@ class EvalConfig(evaluation.EvalConfig):
     sweep: str = ""  # comma-separated DDIM step counts: FID against steps instead of the harness record
     sweep_num: int = 200  # samples per DDIM row of the sweep
     ancestral_num: int = 20  # samples of the ancestral (all T steps) row of the sweep (0 = none)
+    precision: str = "auto"  # fp32 | bf16 | auto: the network's forward passes while sampling (as train.py's flag)
 
 
-def batched_sampler(net, steps: int, eta: float, batch: int = 250):
-    """n, generator -> n samples, drawn `batch` at a time (memory)."""
+def batched_sampler(net, steps: int, eta: float, batch: int = 250, precision: str = "fp32"):
+    """n, generator -> n samples, drawn `batch` at a time (memory), the network under bf16 autocast if asked."""
+    device = next(net.parameters()).device
+
     def draw(n: int, gen: torch.Generator) -> torch.Tensor:
-        return torch.cat([sample(net, min(batch, n - i), steps, eta, generator=gen)[0] for i in range(0, n, batch)])
+        with distributed.autocast(device, precision):
+            return torch.cat([sample(net, min(batch, n - i), steps, eta, generator=gen)[0]
+                              for i in range(0, n, batch)])
     return draw
 
 
@@ -85,11 +90,11 @@ def fid_against_steps(net, cfg: EvalConfig, train_config: dict, run: Path) -> li
     for steps, name, n in settings:
         gen = torch.Generator().manual_seed(cfg.seed)
         start = time.perf_counter()
-        fake = batched_sampler(net, steps, 0.0)(n, gen)
+        fake = batched_sampler(net, steps, 0.0, precision=cfg.precision)(n, gen)
         seconds = (time.perf_counter() - start) / n
         rows.append({"sampler": name, "steps": steps or net.cfg.timesteps, "num": n,
                      "fid": metrics.fid(ref, extractor(fake)[0]), "fid_real_at_num": metrics.fid(ref, held[:n]),
-                     "seconds_per_image": seconds})
+                     "seconds_per_image": seconds, "precision": cfg.precision})
         print(f"  {name:9s} {rows[-1]['steps']:5d} steps, {n:5d} images: FID {rows[-1]['fid']:8.2f} "
               f"(real-vs-real at this N {rows[-1]['fid_real_at_num']:.2f}), {seconds:.3f} s/image", flush=True)
     write_sweep(rows, run)
@@ -129,11 +134,13 @@ def main(cfg: EvalConfig) -> dict:
     except ValueError as err:
         cli.fail(str(err))
     net, state = load_model(cfg.checkpoint, torch.device("cpu"))
+    cfg.precision = distributed.resolve_precision(cfg.precision, torch.device("cpu"))
     run = evaluation.run_dir_of(cfg.checkpoint)
     if cfg.sweep:
         return {"fid_vs_steps": fid_against_steps(net, cfg, state["config"], run)}
-    caps = Capabilities(sample=batched_sampler(net, cfg.steps, cfg.eta))
+    caps = Capabilities(sample=batched_sampler(net, cfg.steps, cfg.eta, precision=cfg.precision))
     extra = lambda record, ref, held: {"sample_steps": cfg.steps or net.cfg.timesteps, "sample_eta": cfg.eta,
+                                       "sample_precision": cfg.precision,
                                        **(bound_bits(net, held.images[:cfg.bound_num], cfg.bound_timesteps, cfg.seed)
                                           if cfg.bound_num else {})}
     return evaluation.evaluate_checkpoint("DDPM", "diffusion", caps, cfg, state["config"],
@@ -150,6 +157,8 @@ def check(cfg: EvalConfig) -> None:
             or not 0 <= cfg.eta <= 1:
         raise ValueError("--steps, --bound-num, --bound-timesteps, --ancestral-num, --sweep must be >= 0, "
                          "--sweep-num >= 2, --eta in [0, 1]")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {cfg.precision!r}")
 
 
 if __name__ == "__main__":

@@ -111,8 +111,9 @@ def main(cfg: TrainConfig) -> Path:
             log.step(step, metrics, x0.shape[0] * env.world_size, write)
             stopping = stop.poll()  # agreed by every rank: a signal on any of them, or the --minutes budget
             if env.is_main and (step % cfg.sample_every == 0 or step == cfg.steps or stopping):
-                log.images(step, sample(ema, 64, cfg.sample_steps, x_T=fixed_noise)[0])  # DDIM, no RNG drawn
-                log.images(step, denoising_grid(ema, sch, shown, shown_noise), tag="denoising", nrow=8)
+                with distributed.autocast(device, precision):  # as the training forward passes
+                    log.images(step, sample(ema, 64, cfg.sample_steps, x_T=fixed_noise)[0])  # DDIM, no RNG drawn
+                    log.images(step, denoising_grid(ema, sch, shown, shown_noise), tag="denoising", nrow=8)
             if step % cfg.ckpt_every == 0 or stopping:
                 saver.save(step, periodic=step % cfg.ckpt_every == 0)
             if stopping:
