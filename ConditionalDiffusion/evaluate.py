@@ -27,7 +27,7 @@ import torch
 
 from model import sample
 from sample import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS, load_model
-from shared import cli, evaluation, metrics
+from shared import cli, dist as distributed, evaluation, metrics
 from shared.data import load_dataset, to_float
 from shared.evaluation import Capabilities
 from shared.features import classifier_extractor
@@ -42,20 +42,24 @@ class EvalConfig(evaluation.EvalConfig):
     eta: float = 0.0  # DDIM noise of the samples
     sweep: str = ""  # comma-separated guidance weights: the FID / class-accuracy sweep instead of the harness record
     sweep_num: int = 500  # samples per guidance weight of the sweep
+    precision: str = "auto"  # the network's passes: fp32 | bf16 autocast | auto (bf16 where a probe says faster)
 
 
 class BalancedSampler:
     """Samples at one guidance weight, drawn class-balanced, and the harness's class-by-class requests served
     from those same samples (the harness asks for labels arange(num) % K in chunks, in order, after `sample`)."""
 
-    def __init__(self, net, guidance: float, steps: int, eta: float, batch: int = 250) -> None:
+    def __init__(self, net, guidance: float, steps: int, eta: float, precision: str = "fp32",
+                 batch: int = 250) -> None:
         self.net, self.guidance, self.steps, self.eta, self.batch = net, guidance, steps, eta, batch
+        self.precision = precision  # bf16: the U-Net's passes under autocast; x_t and the sampler's math stay fp32
         self.labels, self.images, self.served = torch.zeros(0, dtype=torch.long), torch.zeros(0), 0
 
     def sample_labels(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Samples (n, C, H, W) of the requested labels (n,), `batch` at a time."""
-        return torch.cat([sample(self.net, y, self.guidance, self.steps, self.eta, generator=gen)[0]
-                          for y in labels.split(self.batch)])
+        with distributed.autocast(torch.device("cpu"), self.precision):
+            return torch.cat([sample(self.net, y, self.guidance, self.steps, self.eta, generator=gen)[0].float()
+                              for y in labels.split(self.batch)])
 
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         self.labels = torch.arange(n) % self.net.cfg.num_classes
@@ -70,6 +74,9 @@ class BalancedSampler:
         return self.sample_labels(labels, gen)  # any other request: fresh samples
 
 
+net_device = torch.device("cpu")  # evaluate.py samples on the CPU
+
+
 def guidance_sweep(net, cfg: EvalConfig, train_config: dict, run: Path) -> list[dict]:
     """Rows of w, N, FID, real-vs-real FID at N, class accuracy (overall, worst class), seconds per image."""
     data_root = cfg.data_root or train_config.get("data_root") or None
@@ -80,7 +87,8 @@ def guidance_sweep(net, cfg: EvalConfig, train_config: dict, run: Path) -> list[
     held = extractor(to_float(evaluation.subset(test, cfg.num, cfg.seed + 1).images))[0]
     rows = []
     for w in [float(s) for s in cfg.sweep.split(",")]:
-        gen, sampler = torch.Generator().manual_seed(cfg.seed), BalancedSampler(net, w, cfg.steps, cfg.eta)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sampler = BalancedSampler(net, w, cfg.steps, cfg.eta, distributed.resolve_precision(cfg.precision, net_device))
         start = time.perf_counter()
         fake = sampler.sample(cfg.sweep_num, gen)
         seconds = (time.perf_counter() - start) / cfg.sweep_num
@@ -89,7 +97,8 @@ def guidance_sweep(net, cfg: EvalConfig, train_config: dict, run: Path) -> list[
         rows.append({"guidance": w, "num": cfg.sweep_num, "fid": metrics.fid(ref, extractor(fake)[0]),
                      "fid_real_at_num": metrics.fid(ref, held[:cfg.sweep_num]),
                      "class_accuracy": cond["class_accuracy"], "worst_class_accuracy": min(per_class),
-                     "class_accuracy_per_class": cond["class_accuracy_per_class"], "seconds_per_image": seconds})
+                     "class_accuracy_per_class": cond["class_accuracy_per_class"], "seconds_per_image": seconds,
+                     "precision": sampler.precision})
         r = rows[-1]
         print(f"  w {w:4g}: FID {r['fid']:8.2f} (real-vs-real at N = {cfg.sweep_num}: {r['fid_real_at_num']:.2f}), "
               f"class accuracy {r['class_accuracy']:.3f} (worst class {r['worst_class_accuracy']:.3f}), "
@@ -134,10 +143,11 @@ def main(cfg: EvalConfig) -> dict:
     run = evaluation.run_dir_of(cfg.checkpoint)
     if cfg.sweep:
         return {"guidance_sweep": guidance_sweep(net, cfg, state["config"], run)}
-    sampler = BalancedSampler(net, cfg.guidance, cfg.steps, cfg.eta)
+    sampler = BalancedSampler(net, cfg.guidance, cfg.steps, cfg.eta,
+                              distributed.resolve_precision(cfg.precision, net_device))
     caps = Capabilities(sample=sampler.sample, sample_class=sampler.sample_class)
     extra = lambda record, ref, held: {"guidance": cfg.guidance, "sample_steps": cfg.steps or net.cfg.timesteps,
-                                       "sample_eta": cfg.eta}
+                                       "sample_eta": cfg.eta, "sample_precision": sampler.precision}
     record = evaluation.evaluate_checkpoint("ConditionalDiffusion", "diffusion", caps, cfg, state["config"],
                                             params=sum(p.numel() for p in net.parameters()), extra=extra)
     names = state.get("classes") or [str(k) for k in range(net.cfg.num_classes)]
@@ -153,6 +163,8 @@ def check(cfg: EvalConfig) -> None:
         weights = [float(s) for s in cfg.sweep.split(",")] if cfg.sweep else []
     except ValueError:
         raise ValueError(f"--sweep must be comma-separated guidance weights, got {cfg.sweep!r}") from None
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if min([cfg.guidance, cfg.steps, *weights]) < 0 or cfg.sweep_num < 10 or not 0 <= cfg.eta <= 1:
         raise ValueError("--guidance, --steps and --sweep weights must be >= 0, --sweep-num >= 10, --eta in [0, 1]")
 

@@ -305,11 +305,11 @@ def guided_prediction(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: tor
     [(x_t, t, y); (x_t, t, null)] of 2B; w = 0 (unconditional) and w = 1 (conditional) run only the pass used."""
     null = torch.full_like(y, net.cfg.null_label)
     if w == 0:
-        return net(x_t, t, null)
+        return net(x_t, t, null).to(x_t.dtype)
     if w == 1:
-        return net(x_t, t, y)
-    out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, C, H, W)
-    out_cond, out_uncond = out.chunk(2)
+        return net(x_t, t, y).to(x_t.dtype)
+    out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).to(x_t.dtype)  # (2B, C, H, W)
+    out_cond, out_uncond = out.chunk(2)  # in x_t's dtype: under bf16 autocast the guidance is still done in fp32
     return guide(out_cond, out_uncond, w)
 
 
