@@ -117,8 +117,15 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, fewer when the channels do not divide (small test networks)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with min(32, C / 4) groups (the paper's 32 at C >= 128), fewer when C does not divide.
+
+    Groups keep at least 4 channels: ResBlock adds the time embedding per channel just before its second norm,
+    and a one-channel group subtracts every per-channel constant, so gcd(32, C) groups (one channel each at
+    C = 16 or 32) would erase the time embedding in every block of the first levels."""
+    groups = max(1, min(32, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
 
 
 class ResBlock(nn.Module):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from model import (Config, Schedule, UNet, ancestral_step, ddim_step, ddim_timesteps, discrete_decoder_nll,
-                   eps_from_v, eps_from_x0, l_simple, predict, q_posterior, q_sample, sample, schedule_of,
+from model import (Config, ResBlock, Schedule, UNet, ancestral_step, ddim_step, ddim_timesteps, discrete_decoder_nll,
+                   eps_from_v, eps_from_x0, l_simple, norm, predict, q_posterior, q_sample, sample, schedule_of,
                    v_from_eps, variational_bound, x0_from_eps)
 
 TINY = dict(image_size=8, channels=1, width=8, mults="1,2", attn="4", timesteps=20)
@@ -181,3 +181,16 @@ def test_the_papers_cifar_network_is_one_set_of_flags_away():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         Config(**{**TINY, **bad})
+
+
+@pytest.mark.parametrize("channels", [16, 32, 64])
+def test_a_residual_block_keeps_the_time_embedding_at_every_width(channels):
+    """The time embedding is added per channel before the second GroupNorm; with one-channel groups the norm would
+    subtract it again and every timestep would give the same output (DDPM's gcd(32, C) groups did at C = 16, 32)."""
+    torch.manual_seed(0)
+    block = ResBlock(channels, channels, t_dim=8, dropout=0.0).eval()
+    torch.nn.init.normal_(block.conv2.weight, std=0.1)  # zero-initialised: give the second conv a say
+    x = torch.randn(2, channels, 8, 8)
+    t1, t2 = torch.randn(2, 8), torch.randn(2, 8)
+    assert (block(x, t1) - block(x, t2)).abs().max() > 1e-3
+    assert all(c // g >= 4 for g, c in [(norm(c).num_groups, c) for c in (4, 8, 16, 32, 48, 64, 128, 256)])
