@@ -1,0 +1,10 @@
+"""Makes this folder importable (`import model`, `import train`) and its experiments/ scripts too for its tests,
+and keeps them on 1 thread."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent / "experiments"))
+torch.set_num_threads(1)
