@@ -45,8 +45,8 @@ class EvalConfig(evaluation.EvalConfig):
     snr: float = RECOMMENDED["snr"]  # pc: Langevin signal-to-noise ratio
     rtol: float = RECOMMENDED["rtol"]  # ode sampler: RK45 relative tolerance
     atol: float = RECOMMENDED["atol"]  # ode sampler: RK45 absolute tolerance
-    bpd_num: int = 100  # held-out images of the ODE likelihood (0 = none; slow on a CPU: README)
-    bpd_batch: int = 50  # images per ODE solve of the likelihood
+    bpd_num: int = 20  # held-out images of the ODE likelihood (0 = none; minutes per image batch on a CPU: README)
+    bpd_batch: int = 20  # images per ODE solve of the likelihood
     bpd_rtol: float = 1e-5  # likelihood ODE relative tolerance (paper: 1e-5)
     bpd_atol: float = 1e-5  # likelihood ODE absolute tolerance (paper: 1e-5)
     sweep: str = ""  # comma-separated KIND:VALUE settings (pc:100, pc0:100, em:200, ode:1e-3): FID per setting
