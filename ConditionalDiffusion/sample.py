@@ -1,6 +1,6 @@
 """Generate images of chosen classes from a trained ConditionalDiffusion model (its EMA U-Net), guided.
 
-    python sample.py --pretrained                                       # shipped weights, every class, w = 3
+    python sample.py --pretrained                                       # shipped weights, every class, w = 2
     python sample.py --checkpoint runs/conditionaldiffusion --class 7 --guidance 3 --num 16
     python sample.py --checkpoint runs/conditionaldiffusion --class 0 3 7 --guidance 1   # a list: class-by-row grid
     python sample.py --checkpoint runs/conditionaldiffusion --guidance 0                 # unconditional
@@ -26,7 +26,7 @@ from shared.run import grid
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "ema_unet.pt"  # next to this script, not the cwd
 RECOMMENDED_STEPS = 20  # DDIM steps (DDPM's recommendation; README)
-RECOMMENDED_GUIDANCE = 3.0  # guidance weight w (the guidance sweep: README)
+RECOMMENDED_GUIDANCE = 2.0  # guidance weight w: the best FID of the default run's guidance sweep (README)
 GRID_COLUMNS = 16  # at most this many images per class in grid.png
 
 

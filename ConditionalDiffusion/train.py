@@ -41,7 +41,7 @@ class TrainConfig(cli.RunConfig):
     ema: float = 0.999  # EMA decay of the weights used for sampling, warmed up as min(ema, (1+step)/(10+step))
     grad_clip: float = 1.0  # clip the gradient norm (0 = off)
     sample_steps: int = 20  # DDIM steps (eta 0) of the progress grids
-    sample_guidance: float = 3.0  # guidance weight w of the progress grids (0 uncond, 1 cond, > 1 guided)
+    sample_guidance: float = 3.0  # guidance weight w of the progress grids (sample.py recommends 2) (0 uncond, 1 cond, > 1 guided)
     grid_columns: int = 8  # samples per class (one row each, one fixed noise per column) in the progress grids
     sample_every: int = 500  # write a sample grid (fixed noise, EMA weights) every N steps
 
