@@ -150,9 +150,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
-# Copied from DDPM/model.py: norm
 def norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups, fewer when the channels do not divide (small test networks)."""
+    # Adapted from DDPM/model.py (norm): its version before fc8c0a3 (gcd(32, C) groups), which the default run
+    # was trained with; ResBlock here applies the embedding after its norm, so one-channel groups cancel nothing
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
