@@ -212,10 +212,10 @@ def test_resume_with_a_new_lr_uses_it_and_records_it(tmp_path, capsys):
     state = checkpoint.load(run, "DDPM")
     assert state["step"] == 3 and all(g["lr"] == 1e-4 for g in state["opt"]["param_groups"])
     assert json.loads((run / "config.json").read_text())["lr"] == 1e-4
-    assert "--lr 0.002 -> 0.0001" in capsys.readouterr().out
+    assert "--lr 0.001 -> 0.0001" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("change", [{"batch_size": 4}, {"width": 16}, {"schedule": "cosine"}])
+@pytest.mark.parametrize("change", [{"batch_size": 4}, {"width": 16}, {"schedule": "linear"}])
 def test_resume_with_a_setting_that_cannot_change_exits_2_with_one_line(tmp_path, capsys, change):
     train.main(tiny_config(tmp_path / "run", steps=1))
     capsys.readouterr()
@@ -301,7 +301,7 @@ def test_shipped_pretrained_ema_unet_loads_safely_and_samples():
     """Fails until pretrained/ema_unet.pt (the EMA U-Net of the default 10-minute MNIST run) is shipped."""
     path = HERE / "pretrained" / "ema_unet.pt"
     assert path.is_file(), f"{path} not shipped yet"
-    assert path.stat().st_size < 2_000_000
+    assert path.stat().st_size < 3_000_000
     state = torch.load(path, weights_only=True)
     assert state["model"] == "DDPM" and all(v.dtype == torch.float16 for v in state["unet"].values()
                                             if v.is_floating_point())
