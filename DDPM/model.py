@@ -31,6 +31,8 @@ Deviations:
   * The default network is smaller than the paper's CIFAR-10 U-Net (train.py: width 32, channel multipliers
     1,2,2, one residual block per level, attention at 8x8, dropout 0) so a CPU trains it in minutes; the paper's
     is `--width 128 --mults 1,2,2,2 --blocks 2 --attn 16 --dropout 0.1`.
+  * train.py defaults to v-prediction and the cosine schedule (the paper: eps, linear; `--prediction eps
+    --schedule linear`): at a 10-minute budget they remove the grey-background samples (EXPERIMENTS.md).
   * sigma_t^2 = beta~_t (the paper's "fixed small" variance), with sigma_1^2 := beta~_2 in the bound's decoder
     L_0 (beta~_1 = 0), as in Ho et al.'s code. The paper's CIFAR samples used sigma_t^2 = beta_t.
   * The EMA decay is warmed up, min(decay, (1 + step) / (10 + step)), so a short run averages its recent weights
