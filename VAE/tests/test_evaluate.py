@@ -51,7 +51,7 @@ def test_evaluate_logistic_reports_the_harness_bits_per_dim_of_the_8_bit_data(tm
     assert record["likelihood"] == "logistic"
     # 8-bit data, about uniform for an untrained decoder: a few bits per dim, at most ~8 + slack
     assert 0 < record["bits_per_dim"] < 12
-    assert record["iwae_nll_nats"] < record["nelbo_nats"]
+    assert record["iwae_nll_nats"] < record["nelbo_nats"] * 1.001  # both are Monte-Carlo estimates: a bound in expectation
     assert "iwae_nll_bits_per_binary_pixel" not in record
 
 

@@ -7,7 +7,7 @@ from torch import distributions as dist
 
 from model import (VAE, Config, bernoulli_log_prob, decoder_mean, elbo, gaussian_log_prob, iwae_nll, kl_divergence,
                    log_likelihood, logistic_log_prob, model_log_likelihood, negative_elbo, observe, reparameterize,
-                   sample)
+                   sample, split_params)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -121,7 +121,7 @@ def test_discretised_logistic_and_its_gradient_stay_finite_at_extreme_means_and_
 
 def test_log_likelihood_dispatches_each_decoder_head():
     for kwargs in [dict(likelihood="bernoulli"), dict(likelihood="gaussian", gaussian_variance="fixed"),
-                   dict(likelihood="gaussian"), dict(likelihood="logistic"),
+                   dict(likelihood="gaussian"), dict(likelihood="logistic", logistic_scale="pixel"),
                    dict(likelihood="logistic", logistic_scale="channel")]:
         cfg = Config(image_size=16, channels=3, z_dim=4, width=8, hidden=16, **kwargs)
         model = VAE(cfg)
@@ -136,6 +136,23 @@ def test_log_likelihood_dispatches_each_decoder_head():
             assert torch.allclose(lp, expected, rtol=1e-5)
         m = decoder_mean(cfg, model.decoder, params)
         assert m.shape == (2, 3, 16, 16) and m.min() >= -1 and m.max() <= 1
+
+
+def test_the_logistic_mean_is_bounded_so_a_runaway_decoder_output_costs_a_bounded_loss():
+    """m = tanh(raw): a raw output of +-100 (the shapes run's blow-up) puts the mean at the edge of the data's range,
+    not 100 units away, so with s at its floor e^-7 a pixel costs at most ~2 / s nats (and its gradient is finite)."""
+    cfg = Config(image_size=8, channels=3, z_dim=4, width=8, hidden=16, likelihood="logistic", logistic_scale="pixel")
+    decoder = VAE(cfg).decoder
+    raw = torch.full((1, 6, 8, 8), -7.0)
+    raw[:, :3] = torch.tensor([100.0, -100.0, 0.0]).view(1, 3, 1, 1)
+    raw.requires_grad_(True)
+    x = torch.full((1, 3, 8, 8), 0.5)
+    loc, log_s = split_params(cfg, decoder, raw)
+    assert loc.abs().max() <= 1 and torch.allclose(loc[0, :, 0, 0], torch.tensor([1.0, -1.0, 0.0]), atol=1e-6)
+    lp = log_likelihood(cfg, decoder, raw, x)
+    assert lp.item() > -3 * 64 * (2 * math.exp(7) + 10)  # unbounded, the +-100 channels alone cost ~100 e^7 each
+    lp.backward()
+    assert torch.isfinite(raw.grad).all()
 
 
 def test_observe_binarises_with_the_pixel_intensity_and_dequantises_within_the_level():
@@ -223,7 +240,7 @@ def test_model_elbo_and_iwae_run_on_images_and_agree_with_the_training_terms():
 
 @pytest.mark.parametrize("size", [28, 32, 64, 16])
 def test_networks_have_the_right_shapes_at_each_image_size(size):
-    cfg = Config(image_size=size, channels=3, z_dim=5, width=4, hidden=8, likelihood="logistic")
+    cfg = Config(image_size=size, channels=3, z_dim=5, width=4, hidden=8, likelihood="logistic", logistic_scale="pixel")
     model = VAE(cfg)
     mu, logvar = model.encoder(torch.zeros(2, 3, size, size))
     assert mu.shape == logvar.shape == (2, 5)

@@ -273,6 +273,7 @@ def test_missing_mnist_files_exit_2_with_one_line_naming_the_path_and_flag(tmp_p
     (["--gaussian-variance", "tied"], "--gaussian-variance"),
     (["--gaussian-std", "0"], "--gaussian-std"),
     (["--kl-warmup", "-1"], "--kl-warmup"),
+    (["--grad-clip", "-1"], "--grad-clip"),
     (["--z-dim", "0"], "--z-dim"),
     (["--kl-warm", "2"], "--kl-warm"),  # no abbreviated flags
 ])
@@ -280,6 +281,17 @@ def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path, capsys):
     """Parse-time errors, in-process (train.py's __main__ runs exactly this parse)."""
     exits_with(2, cli.parse, train.TrainConfig, [*args, "--out", str(tmp_path / "x")], train.check)
     assert needle in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("args, lr", [
+    ([], 2e-3), (["--dataset", "fashion-mnist"], 2e-3), (["--dataset", "shapes"], 5e-4),
+    (["--dataset", "folder:imgs"], 5e-4), (["--dataset", "shapes", "--likelihood", "bernoulli"], 2e-3),
+    (["--likelihood", "gaussian"], 5e-4), (["--dataset", "shapes", "--lr", "1e-3"], 1e-3), (["--lr", "2e-3"], 2e-3),
+])
+def test_lr_defaults_to_the_likelihoods_rate_unless_given(args, lr, tmp_path):
+    cfg = cli.parse(train.TrainConfig, [*args, "--out", str(tmp_path / "x")], train.check,
+                    defaults=train.apply_likelihood_defaults)
+    assert cfg.lr == lr
 
 
 # ---------------------------------------------------------------- sample.py: bad checkpoints, pretrained weights
