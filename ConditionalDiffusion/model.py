@@ -123,11 +123,13 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
-# Adapted from DDPM/model.py (norm): groups of at least 4 channels. DDPM's gcd(32, C) groups are one channel
-# each at C = 16 or 32 (its default width), and a one-channel GroupNorm subtracts every per-channel constant: the
-# time and class embeddings, added per channel just before norm2 in ResBlock, would then be erased.
+# Copied from DDPM/model.py: norm
 def norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(32, C / 4) groups (the paper's 32 at C >= 128), fewer when C does not divide."""
+    """GroupNorm with min(32, C / 4) groups (the paper's 32 at C >= 128), fewer when C does not divide.
+
+    Groups keep at least 4 channels: ResBlock adds the time embedding per channel just before its second norm,
+    and a one-channel group subtracts every per-channel constant, so gcd(32, C) groups (one channel each at
+    C = 16 or 32) would erase the time embedding in every block of the first levels."""
     groups = max(1, min(32, channels // 4))
     while channels % groups:
         groups -= 1

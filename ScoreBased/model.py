@@ -178,7 +178,7 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
-# Adapted from DDPM/model.py (norm): at least 4 channels per group (DDPM's gcd(32, C) gives 1 at C <= 32)
+# Adapted from DDPM/model.py (norm): gcd(32, C / 4) groups of at least 4 channels (DDPM: min(32, C / 4))
 def norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups of at least 4 channels. With one channel per group the GroupNorm after
     the time projection would subtract each channel's mean and erase the time embedding (it is added as a
