@@ -11,7 +11,10 @@ Protocol (fixed, so figures compare across models):
   * samples: `num` images from the model (seeded); features from the dataset's classifier (or Inception);
   * reconstruction / representation / likelihood on held-out test images (up to `num`);
   * disentanglement on `shapes` only, from the dataset's ground-truth factors;
-  * memorisation: each sample's nearest neighbour among up to MEMORISATION_REFERENCE training images.
+  * memorisation: each sample's nearest neighbour among up to MEMORISATION_REFERENCE training images;
+  * out-of-distribution detection (`ood=` / `--ood DATASET`, models with bits/dim): the AUROC of bits/dim at
+    telling the held-out images from up to `num` test images of another dataset, brought to the model's
+    channels and size (`as_channels`).
 """
 from __future__ import annotations
 
@@ -110,6 +113,32 @@ def disentanglement(encode: Callable, test: ImageData, image_size: int) -> dict:
             "factor_vae": metrics.factor_vae_score(represent, shapes.sample_factors, list(test.factor_sizes))}
 
 
+def as_channels(images_uint8: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) with `channels` channels: RGB -> grey by the ITU-R 601 luma weights, grey -> RGB by
+    repetition (so an MNIST model can be shown shapes and the other way round)."""
+    c = images_uint8.shape[1]
+    if c == channels:
+        return images_uint8
+    if c == 3 and channels == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images_uint8.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if c == 1 and channels == 3:
+        return images_uint8.expand(-1, 3, -1, -1).contiguous()
+    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+
+
+def out_of_distribution(bits_per_dim: Callable[[torch.Tensor], torch.Tensor], held: ImageData, ood: str,
+                        data_root: str | None, image_size: int, num: int, seed: int) -> dict:
+    """bits/dim of up to `num` test images of dataset `ood` (in the model's channels and size) against the
+    held-out in-distribution images: the AUROC of bits/dim as an anomaly score (metrics.auroc) and both means."""
+    other = subset(load_dataset(ood, data_root if ood == "mnist" or ood.startswith("folder:") else None,
+                                image_size, "test", seed=0), num, seed + 3)
+    score = lambda images: torch.cat([bits_per_dim(x) for x in images.split(250)]).double()
+    s_in, s_out = score(held.images), score(as_channels(other.images, held.channels))
+    return {"ood_dataset": ood, "ood_bits_per_dim": s_out.mean().item(), "ood_in_bits_per_dim": s_in.mean().item(),
+            "ood_auroc": metrics.auroc(s_in, s_out)}
+
+
 def run_dir_of(checkpoint_path: str | Path) -> Path:
     """The run folder of a checkpoint path (a run folder itself, or <run>/checkpoints/<file>.pt)."""
     p = Path(checkpoint_path)
@@ -129,13 +158,16 @@ def evaluate(model: str, family: str, caps: Capabilities, *, dataset: str, data_
              num: int = 2000, seed: int = 0, run_dir: str | Path | None = None, params: int | None = None,
              train_images_per_s: float | None = None, extractor: Extractor | None = None,
              memorisation_reference: int = MEMORISATION_REFERENCE, log: Callable[[str], None] = print,
-             extra: Callable[[dict, ImageData, ImageData], dict] | None = None) -> dict:
+             extra: Callable[[dict, ImageData, ImageData], dict] | None = None, ood: str = "") -> dict:
     """Every metric that applies to `caps`; prints a table, appends to <run_dir>/eval.jsonl, returns the record.
 
     Memorisation searches subset(train, memorisation_reference, seed + 2) for each sample's nearest neighbour.
     `extra(record, reference_set, held_out_set)` may return a folder's own figures (e.g. baselines), added to
-    the record before it is printed and written.
+    the record before it is printed and written. `ood` names a dataset for out_of_distribution (needs
+    caps.bits_per_dim; ValueError otherwise).
     """
+    if ood and caps.bits_per_dim is None:
+        raise ValueError(f"--ood {ood} needs a model that gives bits/dim; {model} does not")
     torch.manual_seed(seed)
     train = load_dataset(dataset, data_root, image_size, "train", seed=0)
     test = load_dataset(dataset, data_root, image_size, "test", seed=0)
@@ -165,6 +197,8 @@ def evaluate(model: str, family: str, caps: Capabilities, *, dataset: str, data_
             record.update(disentanglement(caps.encode, held, image_size))
     if caps.bits_per_dim is not None:
         record["bits_per_dim"] = torch.cat([caps.bits_per_dim(x) for x in held.images.split(250)]).mean().item()
+        if ood:
+            record.update(out_of_distribution(caps.bits_per_dim, held, ood, data_root, image_size, num, seed))
     if extra is not None:
         record.update(extra(record, ref, held))
     record["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -201,12 +235,17 @@ class EvalConfig:
     seed: int = 0  # seeds the samples and the real subsets
     inception_weights: str = ""  # local Inception-v3 weights (torchvision or pytorch-fid file) instead of the classifier
     threads: int = 0  # CPU threads (0 = torch's default)
+    ood: str = ""  # also score this dataset's test images: AUROC of bits/dim as an anomaly score (likelihood models)
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
     """ValueError (one line) for values no evaluation can take."""
     if cfg.num < 10 or cfg.threads < 0:
         raise ValueError("--num must be >= 10 and --threads >= 0")
+    if cfg.ood:
+        from shared.data import check_dataset_name
+
+        check_dataset_name(cfg.ood)
 
 
 def evaluate_checkpoint(model: str, family: str, caps: Capabilities, cfg: EvalConfig, train_config: dict,
@@ -221,7 +260,7 @@ def evaluate_checkpoint(model: str, family: str, caps: Capabilities, cfg: EvalCo
                     image_size=train_config["image_size"], num=cfg.num, seed=cfg.seed, run_dir=run, params=params,
                     train_images_per_s=train_throughput(run),
                     extractor=inception_extractor(cfg.inception_weights) if cfg.inception_weights else None,
-                    **kwargs)
+                    **({"ood": cfg.ood} if cfg.ood else {}), **kwargs)
 
 
 def cli_main(config_cls: type, main: Callable[[EvalConfig], dict], argv: list[str] | None = None) -> None:

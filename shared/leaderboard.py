@@ -30,6 +30,7 @@ MODEL_FOLDERS = ["DCGAN", "WGAN", "BiGAN", "ConditionalGAN", "CycleGAN", "StyleG
 COLUMNS = [("model", "model", "{}"), ("family", "family", "{}"), ("dataset", "dataset", "{}"), ("fid", "FID", "{:.2f}"),
            ("fid_floor", "FID floor", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("bits_per_dim", "bits/dim", "{:.3f}"), ("mse", "recon. MSE", "{:.4f}"),
+           ("linear_probe", "probe acc.", "{:.3f}"), ("translation_accuracy", "transl. acc.", "{:.3f}"),
            ("train_images_per_s", "train img/s", "{:.0f}"), ("sample_images_per_s", "sample img/s", "{:.0f}"),
            ("trained", "trained (UTC)", "{}"), ("cpu", "CPU", "{}")]
 
@@ -134,9 +135,10 @@ def chart(records: dict[str, list[dict]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(records), figsize=(5 * len(records), 3.5), squeeze=False)
     for ax, (dataset, rows) in zip(axes[0], records.items()):
+        rows = [r for r in rows if r.get("fid") is not None]  # flows / MAE rows have no samples scored by FID
         names = [r["model"] for r in rows]
-        ax.bar(names, [r.get("fid", 0) for r in rows], color="tab:blue")
-        floor = rows[0].get("fid_floor")
+        ax.bar(names, [r["fid"] for r in rows], color="tab:blue")
+        floor = rows[0].get("fid_floor") if rows else None
         if floor is not None:
             ax.axhline(floor, color="black", linestyle="--", linewidth=1, label="real-vs-real floor")
             ax.legend()

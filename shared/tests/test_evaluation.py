@@ -93,3 +93,34 @@ def test_inception_extractor_loads_local_weights_and_never_downloads(tmp_path):
     torch.save({"weight": torch.zeros(3)}, junk)
     with pytest.raises(features.DataError, match="not an Inception-v3 state dict"):
         features.inception_extractor(junk)
+
+
+def test_ood_auroc_tells_shapes_from_mnist_by_a_likelihood_that_sees_the_difference(extractor):
+    """A stand-in 'bits/dim': the mean spread across colour channels. MNIST brought to RGB has none; every
+    shapes image has some (its background is (24, 24, 32)). So the OOD set (MNIST) scores lower than every
+    in-distribution image: AUROC 0 (it 'looks more likely'), 1 for the negated score; the in-distribution
+    mean is the harness's own bits_per_dim."""
+    def channel_spread(images_uint8):
+        return images_uint8.float().std(1).flatten(1).mean(1)
+
+    kw = dict(data_root=None, image_size=SIZE, num=200, extractor=extractor, log=lambda s: None)
+    rec = evaluate("grey", "test", Capabilities(bits_per_dim=channel_spread), dataset="shapes", ood="mnist", **kw)
+    assert rec["ood_dataset"] == "mnist" and rec["ood_in_bits_per_dim"] == pytest.approx(rec["bits_per_dim"])
+    assert rec["ood_auroc"] == 0.0 and rec["ood_bits_per_dim"] == 0.0
+    flipped = evaluate("neg", "test", Capabilities(bits_per_dim=lambda x: -channel_spread(x)), dataset="shapes",
+                       ood="mnist", **kw)
+    assert flipped["ood_auroc"] == 1.0
+    with pytest.raises(ValueError, match="bits/dim"):
+        evaluate("gan", "test", Capabilities(sample=lambda n, g: torch.zeros(n, 3, SIZE, SIZE)), dataset="shapes",
+                 ood="mnist", **kw)
+
+
+def test_as_channels_converts_grey_and_rgb():
+    from shared.evaluation import as_channels
+
+    rgb = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    grey = as_channels(rgb, 1)
+    assert grey.shape == (2, 1, 4, 4) and int(grey[0, 0, 0, 0]) == round(0.299 * 255)
+    back = as_channels(grey, 3)
+    assert back.shape == (2, 3, 4, 4) and torch.equal(back[:, 0], back[:, 2])
+    assert as_channels(rgb, 3) is rgb

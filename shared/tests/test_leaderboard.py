@@ -117,3 +117,26 @@ def test_a_partial_run_replaces_its_own_rows_and_keeps_the_others_with_their_cpu
     text = out.read_text()
     assert "| DCGAN | GAN | mnist | 9.00 |" in text and "| VAE | VAE | mnist | 20.00 |" in text
     assert "- earlier" in text and "now" in text.split("- earlier")[1]  # the notes accumulate, newest last
+
+
+def test_rows_without_samples_show_their_own_figures_and_stay_off_the_fid_chart(tmp_path, monkeypatch):
+    rows = {"mnist": [{"model": "DCGAN", "dataset": "mnist", "fid": 12.0, "fid_floor": 1.0, "extractor": "c",
+                       "num_samples": 10},
+                      {"model": "MaskedAE", "dataset": "mnist", "linear_probe": 0.9512, "extractor": "c",
+                       "num_samples": 10},
+                      {"model": "CycleGAN", "dataset": "mnist", "fid": 30.0, "translation_accuracy": 0.875,
+                       "extractor": "c", "num_samples": 10}]}
+    table = leaderboard.markdown(rows, 10, 10)
+    mae = next(line for line in table.splitlines() if line.startswith("| MaskedAE"))
+    assert "0.951" in mae and "| - |" in mae  # its probe accuracy, and no FID
+    assert "0.875" in next(line for line in table.splitlines() if line.startswith("| CycleGAN"))
+    import matplotlib.axes
+
+    seen, original = {}, matplotlib.axes.Axes.bar
+
+    def spy(self, names, heights, **kw):
+        seen.update(zip(names, heights))
+        return original(self, names, heights, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    leaderboard.chart(rows, tmp_path / "chart.png")
+    assert seen == {"DCGAN": 12.0, "CycleGAN": 30.0} and (tmp_path / "chart.png").is_file()

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from shared import metrics
-from shared.metrics import (bits_per_dim, class_accuracy, dequantized_bits_per_dim, factor_vae_score, fid,
+from shared.metrics import (auroc, bits_per_dim, class_accuracy, dequantized_bits_per_dim, factor_vae_score, fid,
                             frechet_distance, inception_score, kid, knn, knn_accuracy, linear_probe_accuracy,
                             mmd2_unbiased, mse_psnr, mutual_info_gap, nearest_neighbour_memorisation,
                             precision_recall, uniform_dequantize)
@@ -326,3 +326,16 @@ def test_memorisation_ignores_duplicates_within_train():
     assert dup["median_train_nn"] == pytest.approx(plain["median_train_nn"], rel=1e-12) and dup["median_train_nn"] > 0
     assert torch.equal(with_duplicates[dup["nn_index"]], train[:5])
     assert dup["fraction_flagged"] == 1.0
+
+
+def test_auroc_matches_the_pairwise_definition_with_ties():
+    g = torch.Generator().manual_seed(0)
+    s_in = torch.randint(0, 6, (37,), generator=g).float()  # many ties, within and across the two sets
+    s_out = torch.randint(2, 9, (23,), generator=g).float()
+    diff = s_out[None, :] - s_in[:, None]
+    brute = ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
+    assert auroc(s_in, s_out) == pytest.approx(brute, abs=1e-12)
+    assert auroc(torch.zeros(5), torch.ones(3)) == 1.0 and auroc(torch.ones(5), torch.zeros(3)) == 0.0
+    assert auroc(torch.ones(4), torch.ones(6)) == 0.5
+    with pytest.raises(ValueError):
+        auroc(torch.tensor([0.0, float("nan")]), torch.ones(2))
