@@ -19,7 +19,8 @@ import time
 import torch
 
 import train
-from model import Autoencoder, Config, UNet, kl_divergence, l_simple, reconstruction_loss, sample, schedule_of
+from model import Config, kl_divergence, l_simple, reconstruction_loss, sample, schedule_of
+from networks import Autoencoder, UNet
 from shared import bench
 from shared.data import load_dataset
 

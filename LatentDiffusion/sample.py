@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from model import Autoencoder, Config, UNet, decode, reconstruct, sample, sample_latents
+from model import Config, decode, reconstruct, sample, sample_latents
+from networks import Autoencoder, UNet
 from shared import checkpoint, cli
 from shared.data import load_dataset, to_float
 from shared.run import grid

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from model import (PREDICTIONS, RECONSTRUCTIONS, SCHEDULES, Autoencoder, Config, UNet, drop_labels, ema_update,
-                   kl_divergence, l_simple, latent_scale, reconstruct, reconstruction_loss, sample,
-                   schedule_of)
+from model import (PREDICTIONS, RECONSTRUCTIONS, SCHEDULES, Config, drop_labels, ema_update, kl_divergence, l_simple,
+                   latent_scale, reconstruct, reconstruction_loss, sample, schedule_of)
+from networks import Autoencoder, UNet
 from shared import checkpoint, cli, dist as distributed, training
 from shared.data import BatchIterator, ImageData, load_dataset, to_float
 

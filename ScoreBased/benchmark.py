@@ -16,7 +16,8 @@ import time
 import torch
 
 import train
-from model import SDE, Config, UNet, dsm_loss, sample
+from model import SDE, Config, dsm_loss, sample
+from unet import UNet
 from shared import bench
 from shared.data import load_dataset
 

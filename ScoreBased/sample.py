@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from model import SAMPLERS, Config, UNet, pc_sampler, sample, score_fn, sde_of
+from model import SAMPLERS, Config, pc_sampler, sample, score_fn, sde_of
+from unet import UNet
 from shared import checkpoint, cli
 from shared.run import grid
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from model import SDES, Config, UNet, dsm_loss, ema_update, sample, sde_of
+from model import SDES, Config, dsm_loss, ema_update, sample, sde_of
+from unet import UNet
 from shared import cli, dist as distributed, training
 from shared.data import BatchIterator, load_dataset, to_float
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from model import (Autoencoder, Config, UNet, decode, drop_labels, encode, guided_output, kl_divergence,
-                   latent_scale, reconstruct, reconstruction_loss, sample, sample_latents)
+from model import (Config, decode, drop_labels, encode, guided_output, kl_divergence, latent_scale, reconstruct,
+                   reconstruction_loss, sample, sample_latents)
+from networks import Autoencoder, UNet
 from shared.data import load_dataset, to_float
 
 SMALL = dict(image_size=16, ae_width=8, width=16, mults="1,2", attn="", timesteps=20)

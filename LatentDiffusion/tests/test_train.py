@@ -14,7 +14,8 @@ import torch
 
 import sample as sample_script
 import train
-from model import Autoencoder, Config, UNet
+from model import Config
+from networks import Autoencoder, UNet
 from shared import checkpoint, cli, training
 from shared.data import load_dataset, to_float
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from model import (SDE, Config, UNet, divergence, dsm_loss, langevin_step, ode_likelihood, perturb,
+from model import (SDE, Config, divergence, dsm_loss, langevin_step, ode_likelihood, perturb,
                    reverse_diffusion_step, sample, score_fn, sde_of)
+from unet import UNet
 
 GAUSS = dict(image_size=2, channels=1, width=8, mults="1", attn="")  # 4-dimensional "images" (B, 1, 2, 2)
 SDE_PARAMS = {"vp": {}, "subvp": {}, "ve": {"sigma_max": 50.0}}

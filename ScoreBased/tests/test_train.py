@@ -14,7 +14,8 @@ import torch
 
 import sample as sample_script
 import train
-from model import Config, UNet
+from model import Config
+from unet import UNet
 from shared import checkpoint, cli, training
 
 HERE = Path(__file__).resolve().parents[1]
