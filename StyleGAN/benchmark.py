@@ -33,8 +33,13 @@ def default_precisions() -> list[str]:
 
 def flops_per_step(cfg: Config, batch: int, r1_every: int, pl_every: int = 0) -> float:
     """FLOPs of one average training step: D step, G step (one shared G forward), plus 1/r1_every of an R1 step
-    and 1/pl_every of a path-length step (half batch) when those are on (0 = off)."""
+    and 1/pl_every of a path-length step (half batch) when those are on (0 = off).
+
+    Counted on ONE sample and multiplied by `batch`: torch's FLOP formula for the weight gradient of a grouped
+    convolution ignores the groups (with groups = B it counts B times the work), and with one sample the
+    modulated convolutions have a single group. Every op here is per sample, so the total scales with the batch."""
     G, D = Generator(cfg), Discriminator(cfg)
+    per_sample, batch = batch, 1
     x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size)
 
     def main_step() -> None:
@@ -47,14 +52,14 @@ def flops_per_step(cfg: Config, batch: int, r1_every: int, pl_every: int = 0) ->
         r1_penalty(D(x_r), x_r, 1.0).backward()
 
     def pl_step() -> None:
-        images, ws = G(torch.randn(max(1, batch // 2), cfg.z_dim), return_ws=True)
+        images, ws = G(torch.randn(1, cfg.z_dim), return_ws=True)
         path_length_penalty(images, ws, torch.zeros(()))[0].backward()
 
-    flops = float(bench.count_flops(main_step))
+    flops = float(bench.count_flops(main_step)) * per_sample
     if r1_every:
-        flops += bench.count_flops(r1_step) / r1_every
-    if pl_every:
-        flops += bench.count_flops(pl_step) / pl_every
+        flops += bench.count_flops(r1_step) * per_sample / r1_every
+    if pl_every:  # on batch / pl_batch_shrink samples
+        flops += bench.count_flops(pl_step) * max(1, per_sample // train.TrainConfig.pl_batch_shrink) / pl_every
     return flops
 
 

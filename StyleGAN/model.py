@@ -208,9 +208,9 @@ class ResidualBlock(nn.Module):
 
 def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
     """Append the mean over (C, H, W) of each feature's std within groups of `group` samples (ProGAN Sec. 3):
-    (B, C, H, W) -> (B, C + 1, H, W). B must be divisible by min(group, B); samples i, i + B/G, ... form a group."""
+    (B, C, H, W) -> (B, C + 1, H, W). Groups have G = gcd(group, B) samples; samples i, i + B/G, ... form one."""
     b, c, h, w = x.shape
-    g = min(group, b)
+    g = math.gcd(group, b)
     y = x.float().reshape(g, b // g, c, h, w)  # (G, M, C, H, W), as the official code groups
     y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (M,): one std per group
     y = y.repeat(g)[:, None, None, None].expand(b, 1, h, w)  # sample n gets its group's std (n % M)

@@ -42,6 +42,7 @@ class TrainConfig(cli.RunConfig):
     mapping_lr_mul: float = Config.mapping_lr_mul  # mapping network learning-rate multiplier (paper: 0.01)
     g_width: int = Config.g_width  # G channels per resolution up to 64x64 (paper: 512)
     d_width: int = Config.d_width  # D channels per resolution up to 64x64 (paper: 512)
+    mbstd_group: int = Config.mbstd_group  # minibatch-stddev group size (paper: 4; StyleGAN2-ADA CIFAR-10: 32)
     r1_gamma: float = 0.01  # R1 weight gamma (0 = off; StyleGAN2-ADA CIFAR-10: 0.01, FFHQ-1024: 10)
     r1_every: int = 16  # lazy R1: a D step on R1 * r1_every every N steps (paper: 16)
     pl_weight: float = 0.0  # path-length regularisation weight (0 = off; paper: 2)
@@ -58,14 +59,15 @@ def model_config(cfg: TrainConfig, channels: int) -> Config:
     """The network hyper-parameters of this run (saved in checkpoints, used by sample.py)."""
     return Config(image_size=cfg.image_size, channels=channels, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
                   mapping_layers=cfg.mapping_layers, mapping_lr_mul=cfg.mapping_lr_mul,
-                  g_width=cfg.g_width, d_width=cfg.d_width)
+                  g_width=cfg.g_width, d_width=cfg.d_width, mbstd_group=cfg.mbstd_group)
 
 
 def check(cfg: TrainConfig) -> None:
     """StyleGAN-specific flag checks (ValueError -> one-line CLI error)."""
     model_config(cfg, channels=1)  # validates image_size
-    if min(cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.g_width, cfg.d_width) <= 0 or not cfg.mapping_lr_mul > 0:
-        raise ValueError("--z-dim, --w-dim, --mapping-layers, --g-width, --d-width, --mapping-lr-mul must be positive")
+    if min(cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.g_width, cfg.d_width, cfg.mbstd_group) <= 0 or not cfg.mapping_lr_mul > 0:
+        raise ValueError("--z-dim, --w-dim, --mapping-layers, --g-width, --d-width, --mbstd-group, --mapping-lr-mul must be "
+                         "positive")
     if not (cfg.r1_gamma >= 0 and cfg.pl_weight >= 0) or min(cfg.r1_every, cfg.pl_every, cfg.pl_batch_shrink) < 1:
         raise ValueError("--r1-gamma and --pl-weight must be >= 0; --r1-every, --pl-every, --pl-batch-shrink >= 1")
     if not 0 <= cfg.mixing <= 1 or not cfg.ema_kimg > 0 or cfg.ema_rampup < 0:
