@@ -36,14 +36,16 @@ Conventions: images in [-1, 1], shape (B, C, H, W); every loss is a mean over pi
 InstanceNorm without learnt affine parameters (the official code's default).
 
 Deviations:
-  * Narrower, shallower networks by default (train.py: g_width 32, 3 residual blocks, d_width 32) so a 2-core
+  * Narrower, shallower networks by default (train.py: g_width 16, 3 residual blocks, d_width 32) so a 2-core
     CPU trains 32x32 images in 10 minutes; the paper's 128x128 model is `--g-width 64 --n-blocks 6 --d-width 64`
     (9 blocks at 256x256). Config's defaults are the paper's.
   * The PatchGAN is scaled to the image size: d_layers strided layers (the paper's 70x70 net has 3) chosen so its
     receptive field covers about the same share of the image as 70 px of the paper's 128 px (0.55): 16 px at
     32x32 (d_layers 1), 34 px at 64x64 (2), 70 px at 128x128 and above (3). receptive_field() computes it.
   * Batches of 8 instead of 1 (InstanceNorm makes each image's normalisation independent of the batch, so only
-    the gradient noise changes); the pool is queried image by image as in the official code.
+    the gradient noise changes); the pool is queried image by image as in the official code. train.py's lr is
+    1e-3, not 2e-4: in the short CPU budget the generators learn even the identity too slowly at 2e-4
+    (EXPERIMENTS.md); `--lr 2e-4` is the paper's.
   * The learning-rate schedule runs on the fraction of training done: of --steps, or of --minutes when the run is
     minutes-bound (whichever is further along), so a 10-minute run also decays to zero at its end.
 """

@@ -31,14 +31,14 @@ class TrainConfig(cli.RunConfig):
     minutes: float = 10.0  # wall-clock budget (the default run: 10 minutes; 0 = until --steps)
     batch_size: int = 8  # image pairs (one A, one B) per step per process (paper: 1)
     out: str = "runs/cyclegan"  # run folder
-    lr: float = 2e-4  # Adam learning rate of G and D, held for the first half, then linear to 0 (paper: 2e-4)
+    lr: float = 1e-3  # Adam lr of G and D, held for the first half, then linear to 0 (paper: 2e-4 at batch 1)
     beta1: float = 0.5  # Adam beta1 (paper: 0.5)
     beta2: float = 0.999  # Adam beta2 (paper: 0.999)
     decay_start: float = 0.5  # fraction of training (of --steps, or of --minutes if that ends first) where lr decay starts
     lambda_cyc: float = 10.0  # cycle-consistency weight lambda (paper: 10)
     lambda_idt: float = 0.5  # identity loss weight, as a fraction of lambda_cyc (paper's code: 0.5; 0 = off)
     pool_size: int = 50  # generated images each D's history pool holds (paper: 50; 0 = no pool)
-    g_width: int = 32  # filters of G's first layer (paper: 64)
+    g_width: int = 16  # filters of G's first layer (paper: 64)
     n_blocks: int = 3  # residual blocks in G (paper: 6 at 128x128, 9 at 256x256)
     d_width: int = 32  # filters of D's first layer (paper: 64)
     d_layers: int = 0  # PatchGAN stride-2 layers (0 = by image size: 1 at 32x32, 2 at 64, 3 = 70x70 from 128)

@@ -25,7 +25,7 @@ NETS = {"G_AB": Generator, "G_BA": Generator, "D_A": PatchDiscriminator, "D_B": 
 
 
 def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
-    base = dict(dataset="mnist", image_size=16, batch_size=4, g_width=4, n_blocks=1, d_width=4, pool_size=3,
+    base = dict(dataset="mnist", image_size=16, batch_size=4, g_width=4, n_blocks=1, d_width=4, pool_size=3, lr=2e-4,
                 minutes=0, threads=1, precision="fp32", log_every=1, sample_every=2, steps=steps, out=str(out),
                 ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
