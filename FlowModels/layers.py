@@ -144,7 +144,9 @@ class Coupling(nn.Module):
             self.tanh_scale = nn.Parameter(torch.ones(1, c_b, 1, 1))
 
     def _log_scale_shift(self, x_a: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        h = self.net(x_a).to(x_a.dtype)  # numerically delicate from here on: float32 even under bf16 autocast
+        # an NHWC input makes the convolutions NHWC: 2x faster training on CPU here, fp32 and bf16 (README, Speed)
+        h = self.net(x_a.contiguous(memory_format=torch.channels_last))
+        h = h.to(x_a.dtype)  # numerically delicate from here on: float32 even under bf16 autocast
         if self.additive:
             return None, h
         raw, shift = h[:, 0::2], h[:, 1::2]  # interleaved ("cross"), as in Glow's code
@@ -210,7 +212,7 @@ class SplitPrior(nn.Module):
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.net is None:
             return None, None
-        out = self.net(h).to(h.dtype)
+        out = self.net(h.contiguous(memory_format=torch.channels_last)).to(h.dtype)
         return out[:, 0::2], out[:, 1::2]  # mean, log_std
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
