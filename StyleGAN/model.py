@@ -34,9 +34,12 @@ Conventions: images in [-1, 1], (B, C, H, W); G's output is linear (sample() cla
 of the next block's first conv, as in the official code), num_ws = 2 log2(size) - 2.
 
 Deviations:
-  * train.py's defaults are sized for a CPU: widths 64 (paper: 512 up to 32x32), z and w 128-d (paper: 512),
-    batch 32; mapping depth 8 and lr multiplier 0.01 are the paper's. `--g-width 512 --d-width 512 --w-dim 512`
-    is the paper's 32x32 network.
+  * train.py's defaults are sized for a CPU: widths 32 (paper: 512 up to 32x32), z and w 128-d (paper: 512),
+    batch 32, and a mapping network of 2 layers (paper: 8; lr multiplier 0.01 as the paper). With 8 layers every
+    4-minute MNIST probe collapsed to one digit (a deep random MLP maps different z to w's with cosine ~0.73, and
+    at lr x 0.01 it barely moves in a CPU budget); with 2 (StyleGAN2-ADA's small-data choice) samples vary
+    (EXPERIMENTS.md). `--mapping-layers 8 --g-width 512 --d-width 512 --z-dim 512 --w-dim 512` is the paper's net;
+    Config's own defaults keep 8 layers.
   * R1 gamma defaults to 0.01 (StyleGAN2-ADA's CIFAR-10 value; the heuristic 2e-4 N^2 / batch gives 0.0064 here);
     the paper's FFHQ uses 10. Path-length regularisation is off by default (`--pl-weight 2` is the paper's).
   * One G forward per step is shared by the D and G phases (G(z) detached for D, as DCGAN/train.py does); the
