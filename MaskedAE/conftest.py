@@ -1,0 +1,8 @@
+"""Makes this folder importable (`import model`, `import train`) for its tests, and keeps them on 1 thread."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(1)
