@@ -195,7 +195,7 @@ def test_resume_with_a_new_lr_uses_it_and_records_it(tmp_path, capsys):
     state = checkpoint.load(run, "FlowModels")
     assert state["step"] == 3 and all(g["lr"] == 5e-4 for g in state["opt"]["param_groups"])
     assert json.loads((run / "config.json").read_text())["lr"] == 5e-4
-    assert "--lr 0.001 -> 0.0005" in capsys.readouterr().out
+    assert "--lr 0.003 -> 0.0005" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change", [{"batch_size": 4}, {"width": 16}, {"flow": "realnvp"}])
