@@ -1,11 +1,12 @@
 """Evaluate an MAE checkpoint with the shared harness (shared/evaluation.py), against two baselines.
 
     python evaluate.py --checkpoint runs/mae --num 2000
-    python evaluate.py --checkpoint runs/mae --features cls        # the cls token instead of the mean patch token
+    python evaluate.py --checkpoint runs/mae --features mean       # the mean patch token instead of all patch tokens
 
 Prints and appends to <run>/eval.jsonl:
   * representation (the harness): linear-probe and 5-NN accuracy on the labels of the frozen encoder's features
-    of the whole, UNMASKED image (--features: mean of the patch tokens by default, or cls, or both), fitted on
+    of the whole, UNMASKED image (--features: every patch token after the final LayerNorm, concatenated, by
+    default; or their mean, the cls token, both, or the mean token of every block; see the README), fitted on
     --num training images and scored on --num held-out test images; on `shapes` also MIG and the FactorVAE score.
     Beside them: `*_random_init`, the same probes on the untrained twin (the same architecture initialised
     exactly as train.py initialised this run, same seed), and `*_pixels`, the same probes on the raw pixels;
@@ -35,7 +36,7 @@ from train import build
 class EvalConfig(evaluation.EvalConfig):
     """Evaluate an MAE checkpoint."""
     checkpoint: str = "runs/mae"  # run folder (its latest checkpoint) or checkpoint file
-    features: str = "mean"  # encoder features for the probes: mean (of the patch tokens) | cls | mean+cls | blocks | tokens (model.features)
+    features: str = "tokens"  # encoder features for the probes: tokens (all patch tokens) | mean | cls | mean+cls | blocks (model.features; README)
 
 
 def fixed_mask(n: int, model: MaskedAutoencoder, ratio: float, seed: int) -> torch.Tensor:

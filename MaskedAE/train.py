@@ -36,7 +36,7 @@ class TrainConfig(cli.RunConfig):
     lr: float = 1.5e-3  # peak AdamW learning rate after warm-up (paper: 1.5e-4 * batch / 256 for ViT-B on ImageNet)
     min_lr: float = 1e-5  # learning rate at the end of the cosine decay
     warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr (paper: 40 of 800 epochs)
-    decay_steps: int = 1600  # length of warm-up + cosine decay; after it lr stays at --min-lr. The default is about
+    decay_steps: int = 1300  # length of warm-up + cosine decay; after it lr stays at --min-lr. The default is about
     #                          10 minutes of steps on one shared CPU thread; --steps below it shortens the schedule
     weight_decay: float = 0.05  # AdamW weight decay, not on biases, norms and tokens (paper: 0.05)
     beta1: float = 0.9  # AdamW beta1 (paper: 0.9)

@@ -22,7 +22,7 @@ def test_evaluate_records_probes_baselines_and_masked_reconstruction_error(tmp_p
                                        decoder_dim=8, decoder_depth=1, decoder_heads=2, minutes=0, threads=1,
                                        precision="fp32", steps=2, out=str(tmp_path / "run")))
     record = evaluate.main(evaluate.EvalConfig(checkpoint=str(run), num=60))
-    assert record["dataset"] == "mnist" and record["features"] == "mean" and "fid" not in record
+    assert record["dataset"] == "mnist" and record["features"] == "tokens" and "fid" not in record
     for key in ("linear_probe", "knn", "linear_probe_random_init", "knn_random_init", "linear_probe_pixels",
                 "knn_pixels"):
         assert 0 <= record[key] <= 1, key
