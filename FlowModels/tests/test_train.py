@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import sample as sample_script
 import train
 from model import Config, Flow
 from shared import checkpoint, cli, training
+from shared.testing import exits_with, one_error_line, strict_json_lines, wait_for
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "8", "--levels", "2", "--depth", "1", "--width", "8",
@@ -26,25 +26,6 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     base = dict(image_size=16, batch_size=8, levels=2, depth=1, width=8, threads=1, precision="fp32", log_every=1,
                 sample_every=2, steps=steps, minutes=0, out=str(out), ckpt_every=1000, init_batch=16)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
-
-
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 # ---------------------------------------------------------------- a run, on real data
@@ -118,10 +99,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--steps", "100000", "--out", str(out)],
                             cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 180
-    while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size < 300:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.2)
+    wait_for(proc, out / "metrics.jsonl", 300)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
