@@ -16,6 +16,7 @@ import sample as sample_script
 import train
 from model import BetaVAE, Config
 from shared import checkpoint, cli, training
+from shared.testing import children, environ, exits_with, one_error_line, strict_json_lines
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "mnist", "--image-size", "16", "--batch-size", "8", "--z-dim", "4", "--width", "8",
@@ -29,29 +30,10 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     return train.TrainConfig(**{**base, **overrides})
 
 
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
-
-
 def parameters(state: dict) -> dict[str, torch.Tensor]:
     vae = BetaVAE(Config(**state["model_config"]))
     vae.load_state_dict(state["vae"])
     return {k: v.detach().clone() for k, v in vae.named_parameters()}
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
-
-
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 # ---------------------------------------------------------------- runs on real data
@@ -137,27 +119,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert f"stopped at step {state['step']} (signal SIGTERM)" in stdout + stderr
     assert "--resume auto" in stdout + stderr
     assert (out / "traversal.png").is_file()  # the end-of-run traversals are written on a signal too
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(proc.name))
-    return found
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def test_torchrun_two_processes_stop_together_when_one_rank_is_signalled(tmp_path):

@@ -16,6 +16,7 @@ import sample as sample_script
 import train
 from model import Config, Discriminator, Encoder, Generator
 from shared import checkpoint, cli, copies, pretrained, training
+from shared.testing import strict_json_lines
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "8", "--z-dim", "8", "--g-width", "8", "--e-width", "8",
@@ -28,14 +29,6 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     base = dict(image_size=16, batch_size=8, z_dim=8, g_width=8, e_width=8, d_width=8, d_joint=16, threads=1,
                 precision="fp32", log_every=1, sample_every=2, steps=steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
 def all_finite(state: dict) -> bool:

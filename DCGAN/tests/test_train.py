@@ -15,6 +15,7 @@ import sample as sample_script
 import train
 from model import Config, Discriminator, Generator
 from shared import checkpoint, cli, training
+from shared.testing import children, environ, exits_with, one_error_line, strict_json_lines
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "8", "--z-dim", "8", "--g-width", "8", "--d-width", "8",
@@ -25,13 +26,6 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     base = dict(image_size=16, batch_size=8, z_dim=8, g_width=8, d_width=8, threads=1, precision="fp32",
                 log_every=1, sample_every=2, steps=steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
 def parameters(module_state: dict, net: str, mcfg: dict) -> dict[str, torch.Tensor]:
@@ -45,18 +39,6 @@ def run_script(*args, timeout=240, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout,
                           env=env, **kwargs)
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
-
-
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 # ---------------------------------------------------------------- a run, on real data
@@ -140,27 +122,6 @@ def assert_replicas_identical(state: dict) -> None:
         fresh = cls(Config(**state["model_config"]))
         fresh.load_state_dict(state[net])
         assert state["replicas"][0][net] == training.parameters_digest(fresh), net
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(proc.name))
-    return found
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def test_torchrun_two_processes_with_r1_stop_together_when_one_rank_is_signalled(tmp_path):

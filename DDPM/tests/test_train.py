@@ -15,6 +15,7 @@ import sample as sample_script
 import train
 from model import Config, UNet
 from shared import checkpoint, cli, training
+from shared.testing import children, environ, exits_with, one_error_line, strict_json_lines
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "8", "--batch-size", "8", "--width", "8", "--mults", "1,2", "--attn", "4",
@@ -26,25 +27,6 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     base = dict(image_size=8, batch_size=8, width=8, mults="1,2", attn="4", timesteps=20, sample_steps=2,
                 threads=1, precision="fp32", log_every=1, sample_every=2, steps=steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
-
-
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 # ---------------------------------------------------------------- a run, on real data
@@ -110,27 +92,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert 0 < state["step"] < 100000 and not training.non_finite_entries(state["ema"])
     assert f"stopped at step {state['step']} (signal SIGTERM)" in stdout + stderr
     assert "--resume auto" in stdout + stderr
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(proc.name))
-    return found
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def test_torchrun_two_processes_stop_together_when_one_rank_is_signalled(tmp_path):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from model import Config
 from networks import Autoencoder, UNet
 from shared import checkpoint, cli, training
 from shared.data import load_dataset, to_float
+from shared.testing import children, environ, exits_with, strict_json_lines, wait_for
 
 HERE = Path(__file__).resolve().parents[1]
 SIZES = dict(image_size=16, batch_size=8, diffusion_batch_size=8, ae_width=8, width=16, mults="1,2", attn="2",
@@ -30,19 +30,6 @@ def tiny_config(out: Path, steps: int, diffusion_steps: int = 2, **overrides) ->
     base = dict(**SIZES, threads=1, precision="fp32", log_every=1, sample_every=2, steps=steps,
                 diffusion_steps=diffusion_steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
 
 
 def one_error_line(capsys) -> str:
@@ -182,13 +169,6 @@ def test_stage_2_refuses_an_autoencoder_it_cannot_use_with_one_line_and_exit_2(t
 
 # ---------------------------------------------------------------- signals, torchrun
 
-def wait_for(proc, path: Path, size: int, seconds: float = 180) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() or path.stat().st_size < size:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.2)
-
-
 def test_sigterm_in_the_diffusion_stage_saves_a_checkpoint_and_exits_143(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--steps", "2", "--diffusion-steps", "100000",
@@ -202,27 +182,6 @@ def test_sigterm_in_the_diffusion_stage_saves_a_checkpoint_and_exits_143(tmp_pat
     assert 0 < state["step"] < 100000 and not training.non_finite_entries(state["ema"])
     assert f"stopped at step {state['step']} (signal SIGTERM)" in stdout + stderr and "--resume auto" in stdout + stderr
     assert checkpoint.load(out / "autoencoder", "LatentDiffusion")["step"] == 2
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(proc.name))
-    return found
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def assert_replicas_identical(state: dict, nets: dict) -> None:

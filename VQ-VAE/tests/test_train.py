@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import sample as sample_script
 import train
 from model import VQVAE, Config, Prior
 from shared import checkpoint, cli, training
+from shared.testing import children, environ, exits_with, strict_json_lines, wait_for
 
 HERE = Path(__file__).resolve().parents[1]
 SIZES = dict(image_size=16, batch_size=8, hidden=8, res_hidden=8, codes=16, code_dim=4, prior_width=16,
@@ -28,19 +28,6 @@ def tiny_config(out: Path, steps: int, prior_steps: int = 2, **overrides) -> tra
     base = dict(**SIZES, threads=1, precision="fp32", log_every=1, sample_every=2, steps=steps,
                 prior_steps=prior_steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    def refuse(constant):
-        raise ValueError(f"non-JSON constant {constant}")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
-
-
-def exits_with(code: int, fn, *args) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        fn(*args)
-    assert exit_info.value.code == code
 
 
 def one_error_line(capsys) -> str:
@@ -155,13 +142,6 @@ def test_resume_auto_continues_the_unfinished_stage_and_refuses_a_prior_of_an_ol
 
 # ---------------------------------------------------------------- signals, torchrun
 
-def wait_for(proc, path: Path, size: int, seconds: float = 180) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() or path.stat().st_size < size:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
-        time.sleep(0.2)
-
-
 def test_sigterm_in_either_stage_saves_a_checkpoint_exits_143_and_resume_auto_goes_on(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -195,27 +175,6 @@ def assert_replicas_identical(state: dict, nets: dict) -> None:
         fresh = cls(Config(**state["model_config"]))
         fresh.load_state_dict(state[net])
         assert state["replicas"][0][net] == training.parameters_digest(fresh), net
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(proc.name))
-    return found
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def test_torchrun_two_processes_keep_one_codebook_and_stop_together_when_one_rank_is_signalled(tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 import train
 from model import Config, Critic, Generator
 from shared import checkpoint, cli, training
+from shared.testing import strict_json_lines
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "8", "--z-dim", "8", "--g-width", "8", "--d-width", "8",
@@ -27,12 +28,6 @@ def tiny_config(out: Path, steps: int, **overrides) -> train.TrainConfig:
     base = dict(image_size=16, batch_size=8, z_dim=8, g_width=8, d_width=8, threads=1, precision="fp32",
                 log_every=1, sample_every=2, steps=steps, out=str(out), ckpt_every=1000)
     return train.TrainConfig(**{**base, **overrides})
-
-
-def strict_json_lines(path: Path) -> list[dict]:
-    """metrics.jsonl parsed as strict JSON: a bare NaN / Infinity raises."""
-    refuse = lambda c: (_ for _ in ()).throw(ValueError(f"non-JSON constant {c}"))
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
 def assert_same_state(a: dict, b: dict) -> None:
