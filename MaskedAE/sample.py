@@ -38,6 +38,7 @@ class SampleConfig:
     box: str = ""  # with --image: hide the patches overlapping x0,y0,x1,y1 (pixels of --image)
     mask_ratio: float = 0.0  # with --image and no --box: hide this share of patches at random
     invert: bool = False  # with --image: invert it first (MNIST digits are white on black)
+    scale: int = 1  # enlarge the written PNGs by this factor (nearest neighbour; the README's use 3)
     out: str = "samples"  # output folder
     seed: int = 0  # seeds the masks and the choice of held-out images
     data_root: str = ""  # where the dataset lives (default: the one the run trained with)
@@ -65,6 +66,11 @@ def load_pretrained(device: torch.device, path: Path | None = None) -> tuple[Mas
                                          f"--checkpoint, or fetch pretrained/mae.pt from the project's repository")
     state = checkpoint.load_pretrained(path, "MaskedAE", map_location=device)
     return rebuild(state, path, device), state
+
+
+def write(image: torch.Tensor, path: Path, scale: int) -> None:
+    """Save a (C, H, W) image in [0, 1], enlarged `scale` times by pixel repetition."""
+    save_image(image.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2), path)
 
 
 def masked_view(x: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -146,8 +152,8 @@ def inpaint(model: MaskedAutoencoder, cfg: SampleConfig, out: Path) -> None:
         _, mask = random_masking(1, mcfg.num_patches, cfg.mask_ratio, generator=torch.Generator().manual_seed(cfg.seed))
     x, mask = x.to(device), mask.to(device)
     rec, pasted = reconstruct(model, x, mask)
-    save_image(grid(panel(x, masked_view(x, mask, mcfg.patch_size), rec, pasted), nrow=4), out / "inpainted.png")
-    save_image(((pasted[0] + 1) / 2).clamp(0, 1), out / "inpainted_result.png")
+    write(grid(panel(x, masked_view(x, mask, mcfg.patch_size), rec, pasted), nrow=4), out / "inpainted.png", cfg.scale)
+    write(((pasted[0] + 1) / 2).clamp(0, 1).cpu(), out / "inpainted_result.png", cfg.scale)
     print(f"hid {int(mask.sum())} of {mcfg.num_patches} patches of {cfg.image}")
 
 
@@ -172,14 +178,14 @@ def main(cfg: SampleConfig) -> Path:
     panels = []
     for ratio in parse_ratios(cfg.ratios):
         panels.append(reconstruction_panel(model, x, ratio, torch.Generator().manual_seed(cfg.seed + 1)))
-        save_image(grid(panels[-1], nrow=len(x)), out / f"reconstructions_r{ratio:.2f}.png")
-    save_image(grid(torch.cat(panels), nrow=len(x)), out / "reconstructions.png")
+        write(grid(panels[-1], nrow=len(x)), out / f"reconstructions_r{ratio:.2f}.png", cfg.scale)
+    write(grid(torch.cat(panels), nrow=len(x)), out / "reconstructions.png", cfg.scale)
     return out
 
 
 def check(cfg: SampleConfig) -> None:
-    if cfg.num <= 0 or cfg.threads < 0:
-        raise ValueError("--num must be positive and --threads >= 0")
+    if cfg.num <= 0 or cfg.threads < 0 or cfg.scale < 1:
+        raise ValueError("--num and --scale must be positive and --threads >= 0")
     parse_ratios(cfg.ratios)
     if not 0 <= cfg.mask_ratio < 1:
         raise ValueError(f"--mask-ratio must be in [0, 1), got {cfg.mask_ratio}")

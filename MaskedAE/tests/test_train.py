@@ -70,9 +70,10 @@ def test_two_steps_on_embedded_mnist_write_a_run_folder_that_sample_py_loads_and
     assert Image.open(out / "reconstructions.png").size == (3 * 18 + 2, 8 * 18 + 2)  # 8 rows (2 ratios x 4) of 3
     digit = tmp_path / "digit.png"
     Image.fromarray((torch.rand(40, 40) * 255).byte().numpy()).save(digit)
-    sample_script.cli_main(["--checkpoint", str(run), "--image", str(digit), "--box", "0,0,20,20", "--out", str(out)])
+    sample_script.cli_main(["--checkpoint", str(run), "--image", str(digit), "--box", "0,0,20,20", "--out", str(out),
+                            "--scale", "2"])
     assert "hid 4 of 16 patches" in capsys.readouterr().out  # the box is the top-left quarter of a 40x40 image
-    assert Image.open(out / "inpainted_result.png").size == (16, 16) and (out / "inpainted.png").is_file()
+    assert Image.open(out / "inpainted_result.png").size == (32, 32) and (out / "inpainted.png").is_file()
     sample_script.cli_main(["--checkpoint", str(run), "--image", str(digit), "--mask-ratio", "0.5", "--invert",
                             "--out", str(out)])
     assert "hid 8 of 16 patches" in capsys.readouterr().out
